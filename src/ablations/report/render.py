@@ -1,0 +1,249 @@
+"""Study reports generated from run directories alone: report.md, report.html (self-contained) and
+PNG learning curves. Nothing here is typed by hand: every number comes from result.json/metrics.jsonl."""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import json
+import re
+import statistics
+from pathlib import Path
+
+from ..config import ConfigError, RunConfig, flatten
+from ..train import runtime as rt
+
+CURVE_KEYS = [("train_loss", "val_loss", "loss"), ("train_acc", "val_acc", "accuracy (%)")]
+
+
+@dataclasses.dataclass
+class Run:
+    dir: Path
+    config: dict
+    env: dict
+    result: dict | None  # None: unfinished
+    metrics: list[dict]
+
+    @property
+    def variant(self) -> str:
+        return self.config.get("variant", self.dir.name)
+
+
+def find_runs(root: Path) -> list[Path]:
+    root = Path(root)
+    if (root / rt.CONFIG).exists():
+        return [root]
+    return sorted(p.parent for p in root.rglob(rt.CONFIG))
+
+
+def load_runs(root: Path) -> list[Run]:
+    runs = []
+    for d in find_runs(root):
+        try:
+            cfg = rt.read_json(d / rt.CONFIG)
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{d / rt.CONFIG}: unreadable ({e})") from None
+        env = rt.read_json(d / rt.ENV) if (d / rt.ENV).exists() else {}
+        res = rt.read_json(d / rt.RESULT) if (d / rt.RESULT).exists() else None
+        runs.append(Run(d, cfg, env, res, rt.read_metrics(d / rt.METRICS)))
+    return runs
+
+
+def _variant_order(runs: list[Run]) -> list[str]:
+    seen: list[str] = []
+    try:  # the study file's order when the study is known
+        from ..study import get_study
+
+        order = list(get_study(runs[0].config["study"]).variants)
+    except Exception:  # an ad-hoc study or a renamed file: order of appearance
+        order = []
+    for r in runs:
+        if r.variant not in seen:
+            seen.append(r.variant)
+    return sorted(seen, key=lambda v: order.index(v) if v in order else len(order) + seen.index(v))
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def fmt_ms(m: float, s: float, n: int, digits: int = 2) -> str:
+    if n == 0 or m != m:
+        return "n/a"
+    return f"{m:.{digits}f} ± {s:.{digits}f}" if n > 1 else f"{m:.{digits}f}"
+
+
+def results_table(runs: list[Run]) -> str:
+    metric = runs[0].config.get("metric", "test_acc")
+    goal = runs[0].config.get("goal", "max")
+    head = ("| variant | target | " + metric + " (mean ± std) | seeds | vs target | best epoch | epochs "
+            "| wall time / run | device |")
+    lines = [head, "|" + "---|" * 9]
+    for v in _variant_order(runs):
+        rs = [r for r in runs if r.variant == v]
+        done = [r for r in rs if r.result is not None and isinstance(r.result.get(metric), (int, float))]
+        vals = [float(r.result[metric]) for r in done]
+        m, s = mean_std(vals)
+        target = rs[0].config.get("target")
+        if target is None or not vals:
+            gap = ""
+        else:
+            diff = m - target if goal == "max" else target - m  # positive = better than target
+            gap = f"{'+' if diff >= 0 else ''}{diff:.2f}" + (" ✓" if diff >= 0 else (" (within 2)" if diff >= -2 else " ✗"))
+        best = ", ".join(str(r.result.get("best_epoch", "")) for r in done)
+        epochs = ", ".join(str(r.result.get("epochs", "")) for r in done)
+        wall = mean_std([float(r.result.get("wall_time", 0)) for r in done])[0] if done else float("nan")
+        dev = done[0].result.get("device", "") + "/" + done[0].result.get("precision", "") if done else ""
+        missing = f" ({len(rs) - len(done)} unfinished)" if len(done) < len(rs) else ""
+        lines.append(f"| {v} | {'' if target is None else f'{target:g}'} | {fmt_ms(m, s, len(vals))}{missing} "
+                     f"| {len(vals)} | {gap} | {best} | {epochs} | {_dur(wall)} | {dev} |")
+    return "\n".join(lines)
+
+
+def _dur(sec: float) -> str:
+    if sec != sec:
+        return "n/a"
+    return f"{sec / 60:.1f} min" if sec >= 120 else f"{sec:.0f} s"
+
+
+def plot_curves(runs: list[Run], out: Path) -> Path | None:
+    """Train/val curves per variant (first seed of each), one panel per quantity."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(tk, vk, label) for tk, vk, label in CURVE_KEYS
+              if any(r.metrics and (tk in r.metrics[0] or vk in r.metrics[0]) for r in runs)]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, v in enumerate(_variant_order(runs)):
+        r = min((r for r in runs if r.variant == v), key=lambda r: r.config.get("seed", 0))
+        ep = [m["epoch"] for m in r.metrics]
+        for ax, (tk, vk, label) in zip(axes[0], panels):
+            c = colors[i % len(colors)]
+            if r.metrics and tk in r.metrics[0]:
+                ax.plot(ep, [m[tk] for m in r.metrics], "--", color=c, alpha=0.7)
+            if r.metrics and vk in r.metrics[0]:
+                ax.plot(ep, [m[vk] for m in r.metrics], "-", color=c, label=v)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(label)
+    for ax, (tk, vk, label) in zip(axes[0], panels):
+        ax.set_title(f"{label}: validation (solid), train (dashed)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _nondefault(cfg: dict) -> str:
+    base = flatten(RunConfig().to_dict())
+    skip = {"study", "variant", "preset", "seed", "task", "metric", "goal", "target"}
+    diff = {k: v for k, v in flatten(cfg).items() if k not in skip and base.get(k) != v
+            and not (isinstance(v, list) and tuple(v) == base.get(k))}
+    return " ".join(f"{k}={json.dumps(v)}" for k, v in sorted(diff.items())) or "(all defaults)"
+
+
+def render_markdown(runs: list[Run], out: Path) -> str:
+    c0 = runs[0].config
+    title = f"{c0.get('study')} — preset `{c0.get('preset')}`"
+    parts = [f"# {title}", ""]
+    try:
+        from ..study import get_study
+
+        st = get_study(c0["study"])
+        if st.description:
+            parts += [st.description.strip(), ""]
+    except Exception:
+        st = None
+    parts += ["## Results", "", results_table(runs), ""]
+    done = [r for r in runs if r.result]
+    if done:
+        splits = done[0].result.get("splits") or {}
+        src = done[0].result.get("data_source", "")
+        parts += [f"Metric `{c0.get('metric')}` ({'higher' if c0.get('goal') == 'max' else 'lower'} is better)"
+                  f" on the test split, evaluated once after training. Data: {src}."]
+        if splits:
+            parts += ["Splits: " + "; ".join(f"{k}: {v}" for k, v in splits.items()) + "."]
+        parts += ["'best epoch' is the epoch of highest validation accuracy (for information; the test number is "
+                  "the final model's). 'wall time' includes data loading and evaluation.", ""]
+    if st is not None and st.notes:
+        parts += [st.notes.strip(), ""]
+    curves = plot_curves(runs, out)
+    if curves:
+        parts += ["## Learning curves", "", f"![learning curves]({curves.name})", ""]
+    task = c0.get("task", "classify")
+    try:
+        from ..registry import TASKS
+
+        hook = TASKS.get(task).report
+    except Exception:
+        hook = None
+    if hook is not None:
+        extra = hook([r.dir for r in runs], out)
+        if extra:
+            parts += [extra.strip(), ""]
+    parts += ["## Runs", "", "Each run directory holds config.json (the resolved config), env.json, metrics.jsonl, "
+              "result.json, checkpoint.pt and final.safetensors.", ""]
+    for r in sorted(runs, key=lambda r: (_variant_order(runs).index(r.variant), r.config.get("seed", 0))):
+        env = r.env
+        cmd = " ".join(env.get("argv", [])) or "n/a"
+        cmd = re.sub(r"^\S*ablations(/__main__\.py|/cli\.py)?", "ablations", cmd)
+        status = "finished" if r.result else "unfinished"
+        parts += [f"### {r.variant} seed {r.config.get('seed')} ({status})", "",
+                  f"- dir: `{_rel(r.dir, out)}`",
+                  f"- command: `{cmd}`",
+                  f"- config (non-default keys): `{_nondefault(r.config)}`",
+                  f"- environment: {env.get('device', '?')} ({env.get('device_name', '')}), precision "
+                  f"{env.get('precision', '?')}, {env.get('torch_threads', '?')} threads, torch "
+                  f"{env.get('versions', {}).get('torch', '?')}, git {env.get('git_commit', '?')}",
+                  ""]
+    return "\n".join(parts)
+
+
+def _rel(p: Path, base: Path) -> str:
+    try:
+        return str(p.resolve().relative_to(base.resolve()))
+    except ValueError:
+        return str(p)
+
+
+def markdown_to_html(md: str, out: Path, title: str) -> str:
+    import markdown
+
+    body = markdown.markdown(md, extensions=["tables", "fenced_code"])
+
+    def inline(m: re.Match) -> str:  # embed images so the page is one self-contained file
+        src = m.group(1)
+        p = out / src
+        if p.exists() and p.suffix == ".png":
+            return f'src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}"'
+        return m.group(0)
+
+    body = re.sub(r'src="([^"]+)"', inline, body)
+    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.45}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
+             "code{background:#f4f4f4;padding:1px 3px;font-size:90%}img{max-width:100%}pre{white-space:pre-wrap}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>{body}</body></html>\n")
+
+
+def write_report(root: Path) -> Path:
+    root = Path(root)
+    if not root.exists():
+        raise ConfigError(f"{root}: no such directory")
+    runs = load_runs(root)
+    if not runs:
+        raise ConfigError(f"{root}: no run directories (with {rt.CONFIG}) below it")
+    out = root if root.is_dir() else root.parent
+    md = render_markdown(runs, out)
+    rt.atomic_write_text(out / "report.md", md + "\n")
+    rt.atomic_write_text(out / "report.html", markdown_to_html(md, out, runs[0].config.get("study", "report")))
+    return out / "report.md"

@@ -1,0 +1,90 @@
+"""Optimisers, parameter groups and learning-rate schedules.
+
+Schedules are pure functions of the step: `lr_factor(step, total, steps_per_epoch, cfg)` returns the
+multiplier of the peak lr (cfg.lr) for that optimiser step, so resuming needs no scheduler state."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..config import OptimConfig
+
+
+def lr_factor(step: int, total: int, steps_per_epoch: int, cfg: OptimConfig) -> float:
+    """Multiplier in [min_lr, 1] (warm-up starts near 0) for optimiser step `step` of `total`."""
+    spe = max(1, steps_per_epoch)
+    floor = cfg.min_lr
+    warm = int(round(cfg.warmup * spe))
+    s = cfg.schedule
+    if s == "constant":
+        return 1.0 if step >= warm else (step + 1) / warm
+    if s == "step":
+        # x gamma every step_every epochs
+        f = cfg.gamma ** (step // max(1, int(round(cfg.step_every * spe))))
+        return max(f, floor)
+    if s in ("cosine", "warmup_cosine", "onecycle"):
+        if s == "onecycle":  # linear ramp up to the peak, then linear down to the floor (Smith & Topin)
+            warm = warm or max(1, int(0.25 * total))
+            if step < warm:
+                return (step + 1) / warm
+            return floor + (1 - floor) * max(0.0, (total - step) / max(1, total - warm))
+        if s == "warmup_cosine" and step < warm:
+            return (step + 1) / warm
+        start = warm if s == "warmup_cosine" else 0
+        t = min(1.0, (step - start) / max(1, total - start))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+    if s == "cosine_restarts":  # SGDR (Loshchilov & Hutter): cycles of step_every epochs, each x gamma longer
+        if step < warm:
+            return (step + 1) / warm
+        length = max(1.0, cfg.step_every * spe)
+        t = float(step - warm)
+        mult = cfg.gamma if cfg.gamma >= 1 else 1.0
+        while t >= length:
+            t -= length
+            length *= mult
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t / length))
+    raise ValueError(f"optim.schedule: unknown schedule {s!r}")
+
+
+def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
+    """Groups with their own lr multiplier ('lr_scale'). Models that offer `lr_groups()` (a list of
+    parameter lists from the head down) get discriminative lrs: group k has lr * layer_decay**k.
+    Weight decay is not applied to biases and norm parameters (1-d tensors): it only shrinks them."""
+    if hasattr(model, "lr_groups") and cfg.layer_decay != 1.0:
+        levels = [list(ps) for ps in model.lr_groups()]
+    else:
+        levels = [list(model.parameters())]
+    groups = []
+    for k, params in enumerate(levels):
+        params = [p for p in params if p.requires_grad]
+        decay = [p for p in params if p.ndim > 1]
+        no_decay = [p for p in params if p.ndim <= 1]
+        scale = cfg.layer_decay ** k
+        if decay:
+            groups.append({"params": decay, "weight_decay": cfg.weight_decay, "lr_scale": scale, "level": k})
+        if no_decay:
+            groups.append({"params": no_decay, "weight_decay": 0.0, "lr_scale": scale, "level": k})
+    if not groups:
+        raise ValueError("the model has no trainable parameters (check model.train_stages / model.bn)")
+    return groups
+
+
+def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg)
+    for g in groups:
+        g["lr"] = cfg.lr * g["lr_scale"]
+    if cfg.name in ("sgd", "nesterov"):
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.name == "nesterov")
+    if cfg.name == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+    raise ValueError(f"optim.name: unknown optimiser {cfg.name!r}")
+
+
+def set_lr(opt: torch.optim.Optimizer, cfg: OptimConfig, factor: float) -> float:
+    for g in opt.param_groups:
+        g["lr"] = cfg.lr * factor * g.get("lr_scale", 1.0)
+    return cfg.lr * factor
