@@ -78,6 +78,7 @@ def _load_builtins() -> None:
         "ablations.models.rnn",
         "ablations.models.pretrained",
         "ablations.data.images",
+        "ablations.data.synthetic",
         "ablations.data.text",
         "ablations.data.transfer",
         "ablations.train.losses",

@@ -131,11 +131,11 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
                 torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.clip_grad)
             opt.step()
             step += 1
-            rt.check_finite(loss, step, epoch)
+            lv = rt.check_finite(loss, step, epoch)
             loss_sum += loss.detach() * len(y)
             correct += (out.argmax(1) == y).sum()
             seen += len(y)
-            bar.update(1, loss=float(loss), lr=lr)
+            bar.update(1, loss=lv, lr=lr)
         bar.close()
         train_time = time.time() - t0
         net.eval()

@@ -283,9 +283,12 @@ class Progress:
             self.bar.close()
 
 
-def check_finite(loss: torch.Tensor, step: int, epoch: int) -> None:
-    if not math.isfinite(float(loss.detach())):
-        raise RunError(f"loss became {float(loss)} at step {step} (epoch {epoch}); stopping the run")
+def check_finite(loss: torch.Tensor, step: int, epoch: int) -> float:
+    """The loss as a float; a NaN/inf loss stops the run with a message naming the step."""
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise RunError(f"loss became {value} at step {step} (epoch {epoch}); stopping the run")
+    return value
 
 
 def count_params(model: torch.nn.Module, trainable_only: bool = False) -> int:

@@ -1,0 +1,47 @@
+"""Shared fixtures. Tests never touch the network: ABLATIONS_OFFLINE=1 for the whole session, and the
+decoded-data cache goes to a temporary folder unless the real data's cache is wanted (real_data)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("ABLATIONS_OFFLINE", "1")
+os.environ.setdefault("ABLATIONS_PLAIN", "1")  # plain log lines, no tqdm bars in test output
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+
+
+@pytest.fixture
+def shared_datasets() -> Path:
+    """The offline copies of real datasets (../shared/datasets); skip when absent."""
+    if not (SHARED / "README.md").exists():
+        pytest.skip(f"real data not present at {SHARED}")
+    return SHARED
+
+
+@pytest.fixture
+def tiny_study(tmp_path: Path) -> Path:
+    """A study file on the synthetic dataset: two variants, seconds to run."""
+    p = tmp_path / "tiny.yaml"
+    p.write_text("""
+name: tiny
+task: classify
+metric: test_acc
+base:
+  data: {name: synthetic, limit: 256, limit_eval: 64, normalize: standard}
+  model: {name: vgg1, width: 8, dense: 16}
+  optim: {name: nesterov, lr: 0.05, schedule: warmup_cosine, warmup: 0.5}
+  train: {epochs: 2, batch_size: 32, eval_batch_size: 64}
+presets:
+  smoke: {}
+variants:
+  plain: {target: 50}
+  regular:
+    target: 60
+    set: {model.dropout: 0.1, model.batch_norm: true, data.flip: true, data.translate: 2}
+""")
+    return p

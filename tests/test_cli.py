@@ -1,0 +1,119 @@
+"""The command line: list, run, report, resume, and one clear error line for every kind of bad input."""
+import json
+import os
+import stat
+
+import pytest
+
+from ablations.cli import main
+from ablations.train import runtime as rt
+
+
+def test_list(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "cifar10-regularization" in out and "vgg3" in out and "cifar10" in out
+
+
+def test_run_report_and_refuse_overwrite(tmp_path, tiny_study, capsys):
+    out = tmp_path / "out"
+    assert main(["run", str(tiny_study), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text.count("done ") == 2 and "report:" in text
+    sdir = out / "tiny" / "smoke"
+    md = (sdir / "report.md").read_text()
+    assert "| plain | 50 |" in md and "| regular | 60 |" in md and "curves.png" in md
+    assert (sdir / "curves.png").stat().st_size > 1000
+    assert "data:image/png;base64," in (sdir / "report.html").read_text()
+    # a second run into the same dir is refused, and nothing is touched
+    before = (sdir / "plain" / "seed0" / rt.RESULT).read_text()
+    assert main(["run", str(tiny_study), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a finished run" in err and "--overwrite" in err and err.count("\n") == 1
+    assert (sdir / "plain" / "seed0" / rt.RESULT).read_text() == before
+    # --continue skips finished runs; report regenerates from files alone
+    assert main(["run", str(tiny_study), "--out", str(out), "--continue"]) == 0
+    (sdir / "report.md").unlink()
+    assert main(["report", str(sdir)]) == 0
+    assert "| plain | 50 |" in (sdir / "report.md").read_text()
+
+
+def test_resume_cli(tmp_path, tiny_study, capsys):
+    out = tmp_path / "out"
+    assert main(["run", str(tiny_study), "--out", str(out), "--variant", "plain"]) == 0
+    rd = out / "tiny" / "smoke" / "plain" / "seed0"
+    (rd / rt.RESULT).unlink()  # as if it had stopped after its last checkpoint
+    assert main(["resume", str(rd)]) == 0
+    assert (rd / rt.RESULT).exists()
+    assert main(["resume", str(rd)]) == 0
+    assert "nothing to resume" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["run", "cifar10-regularisation"], ["unknown study", "did you mean", "cifar10-regularization"]),
+    (["run", "STUDY", "--variant", "plian"], ["unknown variant 'plian'", "plain"]),
+    (["run", "STUDY", "--preset", "fast"], ["unknown preset 'fast'"]),
+    (["run", "STUDY", "--set", "optim.lrr=0.1"], ["unknown config key 'optim.lrr'", "optim.lr"]),
+    (["run", "STUDY", "--set", "train.epochs=ten"], ["train.epochs", "integer"]),
+    (["run", "STUDY", "--set", "model.name=vgg9"], ["unknown model 'vgg9'"]),
+    (["run", "STUDY", "--set", "data.name=cifar11"], ["unknown dataset 'cifar11'"]),
+    (["run", "STUDY", "--set", "noequals"], ["KEY=VALUE"]),
+    (["run", "missing.yaml"], ["missing.yaml", "does not exist"]),
+    (["report", "/nonexistent/dir"], ["/nonexistent/dir"]),
+    (["resume", "/nonexistent/dir"], ["/nonexistent/dir"]),
+])
+def test_bad_input_one_clear_line(tmp_path, tiny_study, capsys, argv, words):
+    argv = [str(tiny_study) if a == "STUDY" else a for a in argv]
+    if argv[0] == "run":
+        argv += ["--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    for w in words:
+        assert w in err
+
+
+def test_missing_cifar_says_what_to_put_where(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ABLATIONS_DATA", str(tmp_path / "empty"))
+    monkeypatch.setenv("ABLATIONS_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "empty").mkdir()
+    assert main(["run", "cifar10-regularization", "--preset", "smoke", "--variant", "baseline",
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "CIFAR-10" in err and "ABLATIONS_DATA" in err and err.count("\n") == 1
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_out(tmp_path, tiny_study, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    assert main(["run", str(tiny_study), "--out", str(ro / "x")]) == 2
+    assert "cannot write" in capsys.readouterr().err
+
+
+def test_unwritable_out_file_in_the_way(tmp_path, tiny_study, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a dir")
+    assert main(["run", str(tiny_study), "--out", str(blocker)]) == 2
+    assert "cannot write" in capsys.readouterr().err
+    assert blocker.read_text() == "not a dir"
+
+
+def test_report_from_fake_run_files(tmp_path):
+    """The report reads run files only: two seeds give mean ± std."""
+    from ablations.config import RunConfig
+    from ablations.report.render import write_report
+
+    for seed, acc in ((0, 70.0), (1, 74.0)):
+        d = tmp_path / "s" / "v1" / f"seed{seed}"
+        d.mkdir(parents=True)
+        cfg = RunConfig(study="fake", variant="v1", seed=seed, target=73.0).to_dict()
+        (d / rt.CONFIG).write_text(json.dumps(cfg))
+        (d / rt.METRICS).write_text("".join(json.dumps({"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e,
+                                                        "train_acc": 50 + e, "val_acc": 45 + e}) + "\n"
+                                            for e in (1, 2, 3)))
+        (d / rt.RESULT).write_text(json.dumps({"test_acc": acc, "best_epoch": 3, "epochs": 3, "wall_time": 90,
+                                               "device": "cpu", "precision": "bfloat16"}))
+    md = write_report(tmp_path / "s").read_text()
+    assert "| v1 | 73 | 72.00 ± 2.83 | 2 | -1.00 (within 2) | 3, 3 | 3, 3 | 90 s | cpu/bfloat16 |" in md

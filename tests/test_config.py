@@ -1,0 +1,111 @@
+import dataclasses
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ablations.config import ConfigError, OptimConfig, RunConfig, apply_overrides, from_dict, parse_value
+from ablations.study import STUDIES, get_study
+from ablations.train.optim import lr_factor
+
+
+def test_dotted_and_nested_overrides():
+    cfg = apply_overrides(RunConfig(), {"optim.lr": 0.01, "train": {"epochs": 3}, "data.flip": True})
+    assert cfg.optim.lr == 0.01 and cfg.train.epochs == 3 and cfg.data.flip is True
+    assert RunConfig().optim.lr == 0.001  # frozen defaults untouched
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.optim.lr = 1.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("over, words", [
+    ({"optim.lrr": 0.1}, ["optim.lrr", "optim.lr"]),
+    ({"optimm.lr": 0.1}, ["optimm.lr", "optim"]),
+    ({"train.epochs": "ten"}, ["train.epochs", "integer", "ten"]),
+    ({"train.epochs": 2.5}, ["train.epochs", "integer"]),
+    ({"optim.schedule": "cosin"}, ["optim.schedule", "cosin", "cosine"]),
+    ({"data.flip": "yes"}, ["data.flip", "true/false"]),
+    ({"optim": 3}, ["optim", "section"]),
+])
+def test_bad_overrides_name_the_key(over, words):
+    with pytest.raises(ConfigError) as e:
+        apply_overrides(RunConfig(), over, "--set")
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_parse_value_yaml_scalars():
+    assert parse_value("0.01") == 0.01 and parse_value("true") is True and parse_value("[0.9, 0.99]") == [0.9, 0.99]
+    assert parse_value("cosine") == "cosine"
+
+
+def test_roundtrip_through_dict():
+    cfg = apply_overrides(RunConfig(), {"optim.betas": [0.8, 0.9], "extra.k": 3})
+    assert from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("name", STUDIES.names())
+def test_every_study_resolves_every_preset(name):
+    st = get_study(name)
+    for preset in st.presets:
+        cfgs = st.resolve(preset, seeds=2)
+        assert len(cfgs) == 2 * len(st.variants)
+        assert {c.seed for c in cfgs} == {0, 1}
+        assert all(c.preset == preset and c.study == name for c in cfgs)
+
+
+def test_resolution_order(tiny_study):
+    st = get_study(str(tiny_study))
+    plain, regular = st.resolve("smoke", sets={"train.epochs": 5})
+    assert plain.model.dropout == 0 and regular.model.dropout == 0.1
+    assert plain.train.epochs == regular.train.epochs == 5  # --set wins over everything
+    assert regular.target == 60 and regular.variant == "regular"
+
+
+def test_study_errors(tmp_path, tiny_study):
+    st = get_study(str(tiny_study))
+    with pytest.raises(ConfigError, match="unknown variant 'plian'.*did you mean 'plain'"):
+        st.resolve("smoke", ["plian"])
+    with pytest.raises(ConfigError, match="unknown preset 'fast'"):
+        st.resolve("fast")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(tiny_study.read_text().replace("model.dropout: 0.1", "model.dropuot: 0.1"))
+    with pytest.raises(ConfigError, match=r"bad.yaml: variants.regular.set: unknown config key 'model.dropuot'"):
+        get_study(str(bad))
+    with pytest.raises(KeyError, match="unknown study 'cifar10-regularisation'.*did you mean"):
+        get_study("cifar10-regularisation")
+
+
+SCHEDULES = ["constant", "step", "cosine", "warmup_cosine", "cosine_restarts", "onecycle"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(schedule=st.sampled_from(SCHEDULES), total=st.integers(1, 2000), spe=st.integers(1, 200),
+       warmup=st.floats(0, 3), min_lr=st.floats(0, 0.5), data=st.data())
+def test_schedules_are_bounded_pure_functions(schedule, total, spe, warmup, min_lr, data):
+    cfg = OptimConfig(schedule=schedule, warmup=warmup, min_lr=min_lr, step_every=2.0, gamma=0.5)
+    step = data.draw(st.integers(0, total - 1))
+    f = lr_factor(step, total, spe, cfg)
+    assert 0.0 <= f <= 1.0 + 1e-12
+    assert f == lr_factor(step, total, spe, cfg)  # pure: same inputs, same output
+
+
+@settings(max_examples=40, deadline=None)
+@given(total=st.integers(10, 5000), warm_frac=st.floats(0.05, 0.5), min_lr=st.floats(0, 0.3))
+def test_warmup_cosine_shape(total, warm_frac, min_lr):
+    spe = 10
+    cfg = OptimConfig(schedule="warmup_cosine", warmup=warm_frac * total / spe, min_lr=min_lr)
+    fs = [lr_factor(s, total, spe, cfg) for s in range(total)]
+    warm = int(round(cfg.warmup * spe))
+    assert all(a <= b + 1e-12 for a, b in zip(fs[:warm], fs[1:warm]))  # rises during warm-up
+    assert all(a >= b - 1e-12 for a, b in zip(fs[warm:], fs[warm + 1:]))  # then never rises
+    assert max(fs) <= 1 + 1e-12 and min(fs[warm:]) >= min_lr - 1e-12
+    assert lr_factor(total, total, spe, cfg) == pytest.approx(min_lr)
+
+
+def test_step_and_restarts():
+    cfg = OptimConfig(schedule="step", step_every=2, gamma=0.1)
+    assert lr_factor(19, 100, 10, cfg) == 1.0 and lr_factor(20, 100, 10, cfg) == pytest.approx(0.1)
+    r = OptimConfig(schedule="cosine_restarts", step_every=1, gamma=2.0)
+    # restarts at steps 10, 30 (cycles of 10, 20): back to the peak
+    assert lr_factor(10, 100, 10, r) == pytest.approx(1.0) and lr_factor(30, 100, 10, r) == pytest.approx(1.0)
+    assert lr_factor(9, 100, 10, r) < 0.05
