@@ -94,6 +94,8 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
             return net(x)
 
     opt = build_optimizer(cfg.optim, net)
+    # fp16 autocast (CUDA without bf16) needs loss scaling; bf16 and fp32 do not
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     bs = min(tc.batch_size, len(tx))
     spe = tc.steps_per_epoch or max(1, len(tx) // bs)  # drop the last partial batch: steady BN statistics
     total = spe * tc.epochs
@@ -103,6 +105,7 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
         ck = rt.load_checkpoint(run_dir / rt.CHECKPOINT)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
+        scaler.load_state_dict(ck.get("scaler", {}) or scaler.state_dict())
         rt.set_rng_state(ck["rng"])
         start_epoch, step, best = ck["epoch"] + 1, ck["step"], ck["best"]
         log.truncate_after(ck["epoch"])
@@ -126,10 +129,12 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
             out = forward(x)
             loss = loss_fn(out, y, ls)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             if cfg.optim.clip_grad:
+                scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.clip_grad)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             step += 1
             lv = rt.check_finite(loss, step, epoch)
             loss_sum += loss.detach() * len(y)
@@ -149,6 +154,7 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
         log.append(rec)
         if epoch % tc.checkpoint_every == 0 or epoch == tc.epochs:
             rt.save_checkpoint(run_dir / rt.CHECKPOINT, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                                         "scaler": scaler.state_dict(),
                                                          "epoch": epoch, "step": step, "best": best,
                                                          "rng": rt.rng_state()})
     result = {"epochs": tc.epochs, "steps": step, "best_epoch": best["epoch"], "best_val_acc": best["val_acc"],
