@@ -117,6 +117,8 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
         # one or more fresh permutations, enough for spe batches (steps_per_epoch may exceed one pass)
         order = torch.cat([torch.randperm(len(tx), generator=gen, device=device)
                            for _ in range(math.ceil(spe * bs / len(tx)))])
+        if hasattr(model, "set_epoch"):  # gradual unfreezing (pretrained backbones)
+            model.set_epoch(epoch)
         net.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
