@@ -107,7 +107,7 @@ def cmd_resume(args) -> int:
 def cmd_report(args) -> int:
     from .report.render import write_report
 
-    print(f"report: {write_report(Path(args.dir))}")
+    print(f"report: {write_report(Path(args.dir), Path(args.copy_to) if args.copy_to else None)}")
     return 0
 
 
@@ -141,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     rs.set_defaults(func=cmd_resume)
     rp = sub.add_parser("report", help="regenerate the report of a study or run dir from its run files")
     rp.add_argument("dir")
+    rp.add_argument("--copy-to", metavar="FILE.md", help="also write the Markdown (and its PNGs) here, "
+                    "e.g. docs/results/cifar10.md")
     rp.set_defaults(func=cmd_report)
     g = sub.add_parser("generate", help="sample text from a trained language-model run")
     try:

@@ -164,6 +164,11 @@ def render_markdown(runs: list[Run], out: Path) -> str:
     except Exception:
         st = None
     parts += ["## Results", "", results_table(runs), ""]
+    finished = [r for r in runs if r.result]
+    if finished:
+        total = sum(float(r.result.get("wall_time", 0)) for r in finished)
+        parts += [f"{len(finished)} finished run(s) of {len(runs)}; total wall time {_dur(total)} "
+                  f"(sum of the runs' wall times).", ""]
     done = [r for r in runs if r.result]
     if done:
         splits = done[0].result.get("splits") or {}
@@ -235,7 +240,26 @@ def markdown_to_html(md: str, out: Path, title: str) -> str:
             f"<style>{style}</style></head><body>{body}</body></html>\n")
 
 
-def write_report(root: Path) -> Path:
+def copy_report(md: str, out: Path, dest: Path) -> Path:
+    """Write the Markdown report to `dest` (e.g. docs/results/cifar10.md), copying the PNGs it shows
+    beside it as <dest stem>-<name>.png and pointing the links there."""
+    import shutil
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+
+    def relink(m: re.Match) -> str:
+        src = out / m.group(2)
+        if not src.exists():
+            return m.group(0)
+        name = f"{dest.stem}-{Path(m.group(2)).name}"
+        shutil.copyfile(src, dest.parent / name)
+        return f"![{m.group(1)}]({name})"
+
+    rt.atomic_write_text(dest, re.sub(r"!\[([^\]]*)\]\(([^)]+\.png)\)", relink, md) + "\n")
+    return dest
+
+
+def write_report(root: Path, copy_to: Path | None = None) -> Path:
     root = Path(root)
     if not root.exists():
         raise ConfigError(f"{root}: no such directory")
@@ -246,4 +270,6 @@ def write_report(root: Path) -> Path:
     md = render_markdown(runs, out)
     rt.atomic_write_text(out / "report.md", md + "\n")
     rt.atomic_write_text(out / "report.html", markdown_to_html(md, out, runs[0].config.get("study", "report")))
+    if copy_to is not None:
+        return copy_report(md, out, Path(copy_to))
     return out / "report.md"
