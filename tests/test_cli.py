@@ -117,7 +117,7 @@ def test_report_from_fake_run_files(tmp_path):
                                                "device": "cpu", "precision": "bfloat16"}))
     md = write_report(tmp_path / "s").read_text()
     assert "| v1 | 73 | 72.00 ± 2.83 | 2 | -1.00 (within 2) | 3, 3 | 3, 3 | 90 s | cpu/bfloat16 |" in md
-    assert "total wall time 180 s" in md
+    assert "total wall time 3.0 min" in md
     # --copy-to: the Markdown and its PNGs land in docs/, links rewritten
     dest = write_report(tmp_path / "s", copy_to=tmp_path / "docs" / "fake.md")
     assert dest == tmp_path / "docs" / "fake.md"

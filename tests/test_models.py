@@ -41,7 +41,7 @@ def test_vgg_layout(blocks, opts):
     assert [c.out_channels for c in convs] == [w for b in range(blocks) for w in (32 * 2**b,) * 2]
     drops = [l.p for l in m.modules() if isinstance(l, torch.nn.Dropout)]
     if opts.get("dropout_schedule") == "increasing":
-        assert drops == [0.2, 0.3, 0.4][:blocks] + [min(0.2 + 0.1 * blocks, 0.5)]
+        assert drops == pytest.approx([0.2, 0.3, 0.4][:blocks] + [min(0.2 + 0.1 * blocks, 0.5)])
     n_bn = sum(isinstance(l, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d)) for l in m.modules())
     assert n_bn == (2 * blocks + 1 if opts.get("batch_norm") else 0)
     assert m(torch.randn(4, 3, 32, 32)).shape == (4, 10)

@@ -74,7 +74,6 @@ def _load_builtins() -> None:
 
     for mod in (
         "ablations.models.vgg",
-        "ablations.models.resnet",
         "ablations.models.rnn",
         "ablations.models.pretrained",
         "ablations.data.images",
@@ -84,9 +83,6 @@ def _load_builtins() -> None:
         "ablations.train.losses",
         "ablations.train.classify",
         "ablations.train.language",
+        "ablations.train.zeroshot",
     ):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:  # a family not written yet, or its optional deps missing
-            if e.name is None or not e.name.startswith("ablations"):
-                raise
+        importlib.import_module(mod)  # optional packages (efficientnet, GloVe) are imported when used

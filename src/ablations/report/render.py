@@ -91,7 +91,9 @@ def results_table(runs: list[Run]) -> str:
             gap = ""
         else:
             diff = m - target if goal == "max" else target - m  # positive = better than target
-            gap = f"{'+' if diff >= 0 else ''}{diff:.2f}" + (" ✓" if diff >= 0 else (" (within 2)" if diff >= -2 else " ✗"))
+            # "within 2" is the course's tolerance in accuracy points; a loss gets no tolerance
+            near = " (within 2)" if goal == "max" and metric.endswith("acc") and diff >= -2 else " ✗"
+            gap = f"{'+' if diff >= 0 else ''}{diff:.2f}" + (" ✓" if diff >= 0 else near)
         best = ", ".join(str(r.result.get("best_epoch", "")) for r in done)
         epochs = ", ".join(str(r.result.get("epochs", "")) for r in done)
         wall = mean_std([float(r.result.get("wall_time", 0)) for r in done])[0] if done else float("nan")
@@ -173,25 +175,27 @@ def render_markdown(runs: list[Run], out: Path) -> str:
     if done:
         splits = done[0].result.get("splits") or {}
         src = done[0].result.get("data_source", "")
-        parts += [f"Metric `{c0.get('metric')}` ({'higher' if c0.get('goal') == 'max' else 'lower'} is better)"
-                  f" on the test split, evaluated once after training. Data: {src}."]
+        parts += [f"Metric `{c0.get('metric')}` ({'higher' if c0.get('goal') == 'max' else 'lower'} is better),"
+                  f" evaluated once after training on held-out data (see splits). Data: {src}."]
         if splits:
             parts += ["Splits: " + "; ".join(f"{k}: {v}" for k, v in splits.items()) + "."]
-        parts += ["'best epoch' is the epoch of highest validation accuracy (for information; the test number is "
-                  "the final model's). 'wall time' includes data loading and evaluation.", ""]
+        best_by = "highest validation accuracy" if c0.get("goal") == "max" else "lowest validation loss"
+        parts += [f"'vs target' is positive where the target is met. 'best epoch' is the epoch of {best_by} "
+                  "(for information; the reported number is the final model's). 'wall time' includes data "
+                  "loading and evaluation.", ""]
     if st is not None and st.notes:
         parts += [st.notes.strip(), ""]
     curves = plot_curves(runs, out)
     if curves:
         parts += ["## Learning curves", "", f"![learning curves]({curves.name})", ""]
-    task = c0.get("task", "classify")
-    try:
-        from ..registry import TASKS
+    from ..registry import TASKS
 
-        hook = TASKS.get(task).report
-    except Exception:
-        hook = None
-    if hook is not None:
+    hooks = []  # each distinct task's report section once (a study may mix tasks, e.g. zeroshot + classify)
+    for task in dict.fromkeys(r.config.get("task", "classify") for r in runs):
+        hook = TASKS.get(task).report if task in TASKS else None
+        if hook is not None and hook not in hooks:
+            hooks.append(hook)
+    for hook in hooks:
         extra = hook([r.dir for r in runs], out)
         if extra:
             parts += [extra.strip(), ""]

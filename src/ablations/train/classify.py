@@ -69,9 +69,17 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
     tx, ty = data.train_x.to(device), data.train_y.to(device)
     vx, vy = data.val_x.to(device), data.val_y.to(device)
 
+    dc = cfg.data
+    geometric = dc.crop_scale < 1.0 or dc.rotate > 0 or dc.scale > 0  # augment() picks the window itself
+
     def prep(x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
-        """uint8 (B,3,H,W) -> normalised float (B,3,size,size); augmented when `gen` is given."""
-        x = augment(x, cfg.data, gen, size) if gen is not None else center_crop(x, size)
+        """uint8 (B,3,H,W) -> normalised float (B,3,size,size); augmented when `gen` is given.
+        Without a geometric augmentation, training sees the same central window as evaluation
+        (images may be stored larger than the input: pretrained backbones)."""
+        if gen is None or not geometric:
+            x = center_crop(x, size)
+        if gen is not None:
+            x = augment(x, dc, gen, size)
         x = normalize(x, mean, std)
         return x.contiguous(memory_format=torch.channels_last) if cl else x
 
@@ -82,7 +90,8 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
         from .features import cached_features
 
         t0 = time.time()
-        feats = [cached_features(model, x, prep, device, dtype, tc.eval_batch_size) for x in (tx, vx)]
+        fstats: dict = {}  # seconds spent, backbone compute seconds, whether read from the disk cache
+        feats = [cached_features(model, x, prep, device, dtype, tc.eval_batch_size, stats=fstats) for x in (tx, vx)]
         feat_time = time.time() - t0
         tx, vx, net = feats[0], feats[1], model.head
         prep_train = prep_eval = (lambda x, gen=None: x)
@@ -167,6 +176,7 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
     result.update({k: last.get(k) for k in ("val_acc", "val_loss", "train_acc", "train_loss", "img_per_s")})
     if cached:
         result["feature_cache_time"] = feat_time
+        result["feature_cache"] = fstats
     if tc.eval_test:
         net.eval()
         test_x = data.test_x.to(device)
