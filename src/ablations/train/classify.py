@@ -46,12 +46,8 @@ def evaluate(forward, xs: torch.Tensor, ys: torch.Tensor, prep, bs: int, loss_fn
 def fit(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
     run_dir, tc = Path(run_dir), cfg.train
     t_start = time.time()
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    device = rt.select_device(tc)
-    dtype = rt.amp_dtype(tc, device)
+    device, dtype = rt.setup(tc, cfg.seed)
     cl = rt.use_channels_last(tc, device)
-    rt.seed_all(cfg.seed)
     builder = MODELS.get(cfg.model.name)
     pre = getattr(builder, "preprocess", None)  # pretrained backbones carry their own input recipe
     data: ImageData = DATASETS.get(cfg.data.name)(cfg, preprocess=pre)

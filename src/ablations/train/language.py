@@ -100,13 +100,9 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool = False, on_epoch=None) -> d
     """Train cfg into run_dir; `on_epoch(record)` (optional) sees each epoch's metrics record (bench hook)."""
     run_dir, tc = Path(run_dir), cfg.train
     t_start = time.time()
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    device = rt.select_device(tc)
     # auto -> bf16 autocast on CPUs with native bf16: measured 1.5-4x faster than fp32 for every RNN size
     # here (e.g. 2x512 LSTM 4.3k -> 6.9k chars/s on one AVX512-BF16 core); the loss itself is fp32
-    dtype = rt.amp_dtype(tc, device)
-    rt.seed_all(cfg.seed)
+    device, dtype = rt.setup(tc, cfg.seed)
     data: TextData = DATASETS.get(cfg.data.name)(cfg)
     vocab_size = len(data.vocab)
     model = MODELS.get(cfg.model.name)(cfg.model, vocab_size).to(device)

@@ -79,6 +79,16 @@ def use_channels_last(tc: TrainConfig, device: torch.device) -> bool:
     return tc.channels_last == "on"
 
 
+def setup(tc: TrainConfig, seed: int) -> tuple[torch.device, Optional[torch.dtype]]:
+    """The first lines of every task: torch threads, device, autocast dtype, seeds."""
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    device = select_device(tc)
+    dtype = amp_dtype(tc, device)
+    seed_all(seed)
+    return device, dtype
+
+
 def seed_all(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)

@@ -24,12 +24,8 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     tc = cfg.train
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    device = rt.select_device(tc)
-    dtype = rt.amp_dtype(tc, device)
+    device, dtype = rt.setup(tc, cfg.seed)
     cl = rt.use_channels_last(tc, device)
-    rt.seed_all(cfg.seed)
     pre = getattr(MODELS.get(cfg.model.name), "preprocess", None)
     if not pre:
         raise rt.RunError(f"task zeroshot needs a pretrained backbone; {cfg.model.name!r} is not one")
