@@ -168,7 +168,8 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
               "params": rt.count_params(model), "trainable_params": rt.count_params(net, trainable_only=True),
               "device": str(device), "precision": str(dtype).replace("torch.", "") if dtype else "fp32",
               "data_source": data.source, "splits": data.splits}
-    last = log.read()[-1] if log.read() else {}
+    records = log.read()
+    last = records[-1] if records else {}
     result.update({k: last.get(k) for k in ("val_acc", "val_loss", "train_acc", "train_loss", "img_per_s")})
     if cached:
         result["feature_cache_time"] = feat_time
