@@ -387,7 +387,7 @@ def test_loop_zero_shot_and_report_end_to_end(tmp_path, monkeypatch):
               "model.pretrained": real, "train.batch_size": 8, "train.eval_batch_size": 16, "train.threads": 1,
               "train.log_every": 1000, "optim.name": "adam", "optim.lr": 0.01}
     head = _fit(cfg(**common, **{"train.epochs": 3}, variant="head"), tmp_path / "runs" / "head")
-    assert head["feature_cache_time"] is not None and 0 <= head["test_acc"] <= 100
+    assert head["feature_cache"]["seconds"] is not None and 0 <= head["test_acc"] <= 100
     if real:
         assert head["test_acc"] > 50, head  # 3 classes: chance is 33 %
     preds = torch.load(tmp_path / "runs" / "head" / "test_predictions.pt")
@@ -395,7 +395,7 @@ def test_loop_zero_shot_and_report_end_to_end(tmp_path, monkeypatch):
     tuned = _fit(cfg(**common, **{"train.epochs": 1, "model.train_stages": 1, "data.flip": True,
                                   "data.crop_scale": 0.5, "optim.layer_decay": 0.3}, variant="ft"),
                  tmp_path / "runs" / "ft")
-    assert "feature_cache_time" not in tuned and tuned["test_acc"] is not None
+    assert "feature_cache" not in tuned and tuned["test_acc"] is not None
     dirs = [tmp_path / "runs" / "head", tmp_path / "runs" / "ft"]
     if real:  # the floor needs real ImageNet weights
         zs = _fit(cfg(**common, task="zeroshot", variant="zs"), tmp_path / "runs" / "zs")

@@ -168,15 +168,11 @@ def _cache_rows(runs: list[_Run]) -> list[str]:
     for r in runs:
         res = r.result or {}
         fc = res.get("feature_cache")
-        if r.zero_shot or (not fc and res.get("feature_cache_time") is None):
+        if r.zero_shot or not isinstance(fc, dict) or "compute_seconds" not in fc:
             continue
         epochs = int(res.get("epochs") or 0)
-        if isinstance(fc, dict) and "compute_seconds" in fc:
-            spent, per_epoch = float(fc.get("seconds", 0.0)), float(fc["compute_seconds"])
-            note = "loaded from the feature cache" if fc.get("from_disk") else "computed"
-        else:  # only the seconds spent are recorded: assume the features were computed, not loaded
-            spent = per_epoch = float(res["feature_cache_time"])
-            note = "computed (assumed)"
+        spent, per_epoch = float(fc.get("seconds", 0.0)), float(fc["compute_seconds"])
+        note = "loaded from the feature cache" if fc.get("from_disk") else "computed"
         without = epochs * per_epoch
         saved = max(0.0, without - spent)
         rows.append(f"| {r.name} | {r.model} | {epochs} | {spent:.1f} s, {note} | {without:.1f} s | "
