@@ -104,13 +104,7 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
     log = rt.MetricsLog(run_dir / rt.METRICS)
     start_epoch, step, best = 1, 0, {"val_acc": -1.0, "epoch": 0}
     if resume:
-        ck = rt.load_checkpoint(run_dir / rt.CHECKPOINT)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        scaler.load_state_dict(ck.get("scaler", {}) or scaler.state_dict())
-        rt.set_rng_state(ck["rng"])
-        start_epoch, step, best = ck["epoch"] + 1, ck["step"], ck["best"]
-        log.truncate_after(ck["epoch"])
+        start_epoch, step, best = rt.restore_training_state(run_dir, model, opt, log, scaler)
     elapsed = sum(r.get("epoch_time", 0.0) for r in log.read())
     for epoch in range(start_epoch, tc.epochs + 1):
         t0 = time.time()
@@ -157,10 +151,7 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
             best = {"val_acc": val_acc, "epoch": epoch}
         log.append(rec)
         if epoch % tc.checkpoint_every == 0 or epoch == tc.epochs:
-            rt.save_checkpoint(run_dir / rt.CHECKPOINT, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                                         "scaler": scaler.state_dict(),
-                                                         "epoch": epoch, "step": step, "best": best,
-                                                         "rng": rt.rng_state()})
+            rt.save_training_state(run_dir, model, opt, epoch, step, best, scaler)
     result = {"epochs": tc.epochs, "steps": step, "best_epoch": best["epoch"], "best_val_acc": best["val_acc"],
               "params": rt.count_params(model), "trainable_params": rt.count_params(net, trainable_only=True),
               "device": str(device), "precision": str(dtype).replace("torch.", "") if dtype else "fp32",

@@ -122,12 +122,7 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool = False, on_epoch=None) -> d
     log = rt.MetricsLog(run_dir / rt.METRICS)
     start_epoch, step, best = 1, 0, {"val_loss": float("inf"), "epoch": 0}
     if resume:
-        ck = rt.load_checkpoint(run_dir / rt.CHECKPOINT)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        rt.set_rng_state(ck["rng"])
-        start_epoch, step, best = ck["epoch"] + 1, ck["step"], ck["best"]
-        log.truncate_after(ck["epoch"])
+        start_epoch, step, best = rt.restore_training_state(run_dir, model, opt, log)
     elapsed = sum(r.get("epoch_time", 0.0) for r in log.read())
     cpt = data.chars_per_token
     for epoch in range(start_epoch, tc.epochs + 1):
@@ -171,9 +166,7 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool = False, on_epoch=None) -> d
         print(f"{cfg.variant} epoch {epoch}/{tc.epochs}: train {rec['train_loss']:.4f} val {val_loss:.4f} "
               f"nats/char, {rec['tokens_per_s']:,.0f} tok/s", file=sys.stderr, flush=True)
         if epoch % tc.checkpoint_every == 0 or epoch == tc.epochs:
-            rt.save_checkpoint(run_dir / rt.CHECKPOINT, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                                         "epoch": epoch, "step": step, "best": best,
-                                                         "rng": rt.rng_state()})
+            rt.save_training_state(run_dir, model, opt, epoch, step, best)
     records = log.read()
     # the reported numbers: the final model, evaluated in fp32 (bf16 logits shift losses by ~0.005)
     losses = {k: evaluate(model, getattr(data, k), device, None) / cpt[k]

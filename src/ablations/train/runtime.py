@@ -194,6 +194,28 @@ def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+def save_training_state(run_dir: Path, model, opt, epoch: int, step: int, best: dict, scaler=None) -> None:
+    """The epoch checkpoint both loops write: everything resume needs to continue as if never stopped."""
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "step": step,
+             "best": best, "rng": rng_state()}
+    if scaler is not None:
+        state["scaler"] = scaler.state_dict()
+    save_checkpoint(Path(run_dir) / CHECKPOINT, state)
+
+
+def restore_training_state(run_dir: Path, model, opt, log: "MetricsLog", scaler=None) -> tuple[int, int, dict]:
+    """Load the epoch checkpoint into model/opt(/scaler), restore the RNGs and drop metric records written
+    after it; returns (first epoch to run, optimiser steps done, best-so-far record)."""
+    ck = load_checkpoint(Path(run_dir) / CHECKPOINT)
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    if scaler is not None and ck.get("scaler"):
+        scaler.load_state_dict(ck["scaler"])
+    set_rng_state(ck["rng"])
+    log.truncate_after(ck["epoch"])
+    return ck["epoch"] + 1, ck["step"], ck["best"]
+
+
 def save_final(run_dir: Path, model: torch.nn.Module, meta: dict | None = None) -> None:
     from safetensors.torch import save_file
 
