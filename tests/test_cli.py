@@ -36,6 +36,11 @@ def test_run_report_and_refuse_overwrite(tmp_path, tiny_study, capsys):
     (sdir / "report.md").unlink()
     assert main(["report", str(sdir)]) == 0
     assert "| plain | 50 |" in (sdir / "report.md").read_text()
+    # ... but not a finished run made with other settings: that would pass old numbers off as new
+    assert main(["run", str(tiny_study), "--out", str(out), "--continue", "--set", "train.epochs=3"]) == 2
+    err = capsys.readouterr().err
+    assert "config.json differs" in err and "train.epochs: 2 -> 3" in err and err.count("\n") == 1
+    assert (sdir / "plain" / "seed0" / rt.RESULT).read_text() == before
 
 
 def test_resume_cli(tmp_path, tiny_study, capsys):

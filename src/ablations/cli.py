@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -49,6 +50,18 @@ def _line(cfg, res: dict, run_dir: Path) -> str:
     return f"done {cfg.variant} seed {cfg.seed}: {shown}{target} in {res.get('wall_time', 0):.0f}s -> {run_dir}"
 
 
+def _config_changes(stored: dict, now: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between a run's config.json and the config resolved now."""
+    out = []
+    for k in sorted(set(stored) | set(now)):
+        a, b = stored.get(k, "<absent>"), now.get(k, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _config_changes(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
+
+
 def cmd_run(args) -> int:
     from .report.render import write_report
     from .study import get_study, run_dir_for, study_dir_for
@@ -61,6 +74,13 @@ def cmd_run(args) -> int:
     for cfg in cfgs:  # decide every run's fate before the first starts: nothing is half-overwritten
         rd = run_dir_for(out, cfg)
         finished, started = (rd / rt.RESULT).exists(), (rd / rt.CONFIG).exists()
+        if args.continue_ and (finished or (rd / rt.CHECKPOINT).exists()):
+            # skipping or resuming a run made with other settings would pass old numbers off as new ones
+            changed = _config_changes(rt.read_json(rd / rt.CONFIG), json.loads(json.dumps(cfg.to_dict())))
+            if changed:
+                raise rt.RunError(f"{rd / rt.CONFIG} differs from the config resolved now ("
+                                  f"{'; '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}); "
+                                  f"--overwrite to rerun it, or another --out")
         if args.continue_ and finished:
             print(f"skip {cfg.variant} seed {cfg.seed}: finished in {rd}")
             continue
