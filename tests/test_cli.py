@@ -128,3 +128,7 @@ def test_report_from_fake_run_files(tmp_path):
     assert dest == tmp_path / "docs" / "fake.md"
     assert "](fake-curves.png)" in dest.read_text()
     assert (tmp_path / "docs" / "fake-curves.png").stat().st_size > 1000
+    # re-rendering keeps the hand-written part above the first heading and regenerates the rest
+    dest.write_text("<!-- how it was made -->\n> measured here\n\n" + dest.read_text().replace("v1", "stale"))
+    text = write_report(tmp_path / "s", copy_to=dest).read_text()
+    assert text.startswith("<!-- how it was made -->\n> measured here\n\n# ") and "stale" not in text

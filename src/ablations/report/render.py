@@ -173,12 +173,17 @@ def render_markdown(runs: list[Run], out: Path) -> str:
                   f"(sum of the runs' wall times).", ""]
     done = [r for r in runs if r.result]
     if done:
-        splits = done[0].result.get("splits") or {}
-        src = done[0].result.get("data_source", "")
         parts += [f"Metric `{c0.get('metric')}` ({'higher' if c0.get('goal') == 'max' else 'lower'} is better),"
-                  f" evaluated once after training on held-out data (see splits). Data: {src}."]
-        if splits:
-            parts += ["Splits: " + "; ".join(f"{k}: {v}" for k, v in splits.items()) + "."]
+                  " evaluated once after training on held-out data (see splits)."]
+        # one line per data source: a study may span datasets (e.g. Imagewoof and CIFAR-10 cat/dog)
+        seen = {}
+        for r in done:
+            seen.setdefault(r.result.get("data_source", ""), r.result.get("splits") or {})
+        for src, splits in seen.items():
+            line = f"- Data: {src}."
+            if splits:
+                line += " Splits: " + "; ".join(f"{k}: {v}" for k, v in splits.items()) + "."
+            parts += [line]
         best_by = "highest validation accuracy" if c0.get("goal") == "max" else "lowest validation loss"
         parts += [f"'vs target' is positive where the target is met. 'best epoch' is the epoch of {best_by} "
                   "(for information; the reported number is the final model's). 'wall time' includes data "
@@ -246,10 +251,16 @@ def markdown_to_html(md: str, out: Path, title: str) -> str:
 
 def copy_report(md: str, out: Path, dest: Path) -> Path:
     """Write the Markdown report to `dest` (e.g. docs/results/cifar10.md), copying the PNGs it shows
-    beside it as <dest stem>-<name>.png and pointing the links there."""
+    beside it as <dest stem>-<name>.png and pointing the links there. Text above the first heading of an
+    existing `dest` (how it was made, what was measured around it) is kept; the rest is regenerated."""
     import shutil
 
     dest.parent.mkdir(parents=True, exist_ok=True)
+    preamble = ""
+    if dest.exists():
+        old = dest.read_text(encoding="utf-8")
+        m = re.search(r"^# ", old, flags=re.M)
+        preamble = old[:m.start()] if m else old  # no heading yet: all of it is the hand-written part
 
     def relink(m: re.Match) -> str:
         src = out / m.group(2)
@@ -259,7 +270,7 @@ def copy_report(md: str, out: Path, dest: Path) -> Path:
         shutil.copyfile(src, dest.parent / name)
         return f"![{m.group(1)}]({name})"
 
-    rt.atomic_write_text(dest, re.sub(r"!\[([^\]]*)\]\(([^)]+\.png)\)", relink, md) + "\n")
+    rt.atomic_write_text(dest, preamble + re.sub(r"!\[([^\]]*)\]\(([^)]+\.png)\)", relink, md) + "\n")
     return dest
 
 
