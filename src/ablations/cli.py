@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import ConfigError, UserError, parse_value
+from .config import ConfigError, UserError, flatten, parse_value
 
 DEFAULT_OUT = "runs"
 
@@ -50,16 +50,11 @@ def _line(cfg, res: dict, run_dir: Path) -> str:
     return f"done {cfg.variant} seed {cfg.seed}: {shown}{target} in {res.get('wall_time', 0):.0f}s -> {run_dir}"
 
 
-def _config_changes(stored: dict, now: dict, prefix: str = "") -> list[str]:
+def _config_changes(stored: dict, now: dict) -> list[str]:
     """Dotted keys whose values differ between a run's config.json and the config resolved now."""
-    out = []
-    for k in sorted(set(stored) | set(now)):
-        a, b = stored.get(k, "<absent>"), now.get(k, "<absent>")
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _config_changes(a, b, f"{prefix}{k}.")
-        elif a != b:
-            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
-    return out
+    a, b = flatten(stored), flatten(now)
+    return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
+            for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
 
 
 def cmd_run(args) -> int:
