@@ -1,14 +1,14 @@
-"""Command line: argument parsing only; the work happens in study.py, train/*, report/*."""
+"""Command line: argument parsing and the order of runs; the work happens in study.py, loop.py, report/*."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
-from .config import ConfigError, UserError, flatten, parse_value
+from .config import ConfigError, flatten, parse_value
+from .errors import RunError, UserError
 
 DEFAULT_OUT = "runs"
 
@@ -24,23 +24,18 @@ def _parse_sets(items: list[str]) -> dict:
 
 
 def cmd_list(args) -> int:
-    from .registry import DATASETS, LOSSES, MODELS, TASKS
+    from .registry import AUGS, DATASETS, LOSSES, METHODS, MODELS, SECTIONS
     from .study import STUDIES, get_study
 
     print("studies:")
     for name in STUDIES.names():
         st = get_study(name)
         print(f"  {name:28s} {st.title}")
-        print(f"  {'':28s} task={st.task} presets={','.join(st.presets)} variants={','.join(st.variants)}")
-    for title, reg in (("models", MODELS), ("datasets", DATASETS), ("tasks", TASKS), ("losses", LOSSES)):
+        print(f"  {'':28s} presets={','.join(st.presets)} variants={','.join(st.variants)}")
+    for title, reg in (("methods", METHODS), ("models", MODELS), ("datasets", DATASETS), ("losses", LOSSES),
+                       ("augmentations", AUGS), ("report sections", SECTIONS)):
         print(f"{title}: {', '.join(reg.names())}")
     return 0
-
-
-def _run_one(cfg, run_dir: Path, resume: bool) -> dict:
-    from .registry import TASKS
-
-    return TASKS.get(cfg.task).fit(cfg, run_dir, resume=resume)
 
 
 def _line(cfg, res: dict, run_dir: Path) -> str:
@@ -58,39 +53,39 @@ def _config_changes(stored: dict, now: dict) -> list[str]:
 
 
 def cmd_run(args) -> int:
+    from . import rundir as rd
+    from .loop import run
     from .report.render import write_report
-    from .study import get_study, run_dir_for, study_dir_for
-    from .train import runtime as rt
+    from .study import get_study, ref_dirs, run_dir_for, study_dir_for
 
     study = get_study(args.study)
     cfgs = study.resolve(args.preset, args.variant, args.seeds, _parse_sets(args.set))
     out = Path(args.out)
     plan = []
     for cfg in cfgs:  # decide every run's fate before the first starts: nothing is half-overwritten
-        rd = run_dir_for(out, cfg)
-        finished, started = (rd / rt.RESULT).exists(), (rd / rt.CONFIG).exists()
-        if args.continue_ and (finished or (rd / rt.CHECKPOINT).exists()):
+        d = run_dir_for(out, cfg)
+        finished, started = (d / rd.RESULT).exists(), (d / rd.CONFIG).exists()
+        if args.continue_ and (finished or (d / rd.CHECKPOINT).exists()):
             # skipping or resuming a run made with other settings would pass old numbers off as new ones
-            changed = _config_changes(rt.read_json(rd / rt.CONFIG), json.loads(json.dumps(cfg.to_dict())))
+            changed = _config_changes(rd.read_json(d / rd.CONFIG), cfg.to_dict())
             if changed:
-                raise rt.RunError(f"{rd / rt.CONFIG} differs from the config resolved now ("
-                                  f"{'; '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}); "
-                                  f"--overwrite to rerun it, or another --out")
+                raise RunError(f"{d / rd.CONFIG} differs from the config resolved now ("
+                               f"{'; '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}); "
+                               f"--overwrite to rerun it, or another --out")
         if args.continue_ and finished:
-            print(f"skip {cfg.variant} seed {cfg.seed}: finished in {rd}")
+            print(f"skip {cfg.variant} seed {cfg.seed}: finished in {d}")
             continue
         if finished and not args.overwrite:
-            raise rt.RunError(f"{rd} already holds a finished run; pass --overwrite to replace it, "
-                              f"--continue to skip finished runs, or `ablations report` to re-render")
-        resume = bool(args.continue_ and started and (rd / rt.CHECKPOINT).exists())
+            raise RunError(f"{d} already holds a finished run; pass --overwrite to replace it, "
+                           f"--continue to skip finished runs, or `ablations report` to re-render")
+        resume = bool(args.continue_ and started and (d / rd.CHECKPOINT).exists())
         if started and not (resume or args.overwrite or args.continue_):
-            raise rt.RunError(f"{rd} holds an unfinished run; `ablations resume {rd}`, --continue or --overwrite")
-        plan.append((cfg, rd, resume))
+            raise RunError(f"{d} holds an unfinished run; `ablations resume {d}`, --continue or --overwrite")
+        plan.append((cfg, d, resume))
     t0 = time.time()
-    for cfg, rd, resume in plan:
-        rt.prepare_run_dir(rd, cfg, overwrite=True, resume=resume)
-        res = _run_one(cfg, rd, resume)
-        print(_line(cfg, res, rd), flush=True)
+    for cfg, d, resume in plan:  # resolve() put every referenced run before the runs that need it
+        res = run(cfg, d, resume=resume, refs=ref_dirs(out, cfg), overwrite=not resume)
+        print(_line(cfg, res, d), flush=True)
     sdir = study_dir_for(out, study.name, cfgs[0].preset)
     if sdir.exists():
         report = write_report(sdir)
@@ -99,23 +94,23 @@ def cmd_run(args) -> int:
 
 
 def cmd_resume(args) -> int:
+    from . import rundir as rd
     from .config import from_dict
-    from .report.render import find_runs
-    from .train import runtime as rt
+    from .loop import run
 
     target = Path(args.run_dir)
-    runs = [target] if (target / rt.CONFIG).exists() else find_runs(target)
+    runs = rd.find_runs(target)
     if not runs:
-        raise rt.RunError(f"{target}: no run directories (with {rt.CONFIG}) found")
-    todo = [r for r in runs if not (r / rt.RESULT).exists()]
+        raise RunError(f"{target}: no run directories (with {rd.CONFIG}) found")
+    todo = [r for r in runs if not (r / rd.RESULT).exists()]
     if not todo:
         print(f"nothing to resume: every run under {target} is finished")
-    for rd in todo:
-        cfg = from_dict(rt.read_json(rd / rt.CONFIG), str(rd / rt.CONFIG))
-        has_ckpt = (rd / rt.CHECKPOINT).exists()
-        rt.prepare_run_dir(rd, cfg, overwrite=True, resume=has_ckpt)  # no checkpoint yet: start over
-        res = _run_one(cfg, rd, resume=has_ckpt)
-        print(_line(cfg, res, rd), flush=True)
+    for d in todo:
+        cfg = from_dict(rd.read_json(d / rd.CONFIG), str(d / rd.CONFIG))
+        has_ckpt = (d / rd.CHECKPOINT).exists()
+        refs = {key: d.parents[1] / ref / d.name for key, ref in cfg.refs().items()}  # same study dir and seed
+        res = run(cfg, d, resume=has_ckpt, refs=refs, overwrite=not has_ckpt)  # no checkpoint yet: start over
+        print(_line(cfg, res, d), flush=True)
     return 0
 
 

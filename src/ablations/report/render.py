@@ -10,43 +10,16 @@ import re
 import statistics
 from pathlib import Path
 
-from ..config import ConfigError, RunConfig, flatten
-from ..train import runtime as rt
+from .. import rundir as rt
+from ..config import ConfigError, flatten
+from ..registry import SECTIONS
+from ..rundir import Run, find_runs
 
 CURVE_KEYS = [("train_loss", "val_loss", "loss"), ("train_acc", "val_acc", "accuracy (%)")]
 
 
-@dataclasses.dataclass
-class Run:
-    dir: Path
-    config: dict
-    env: dict
-    result: dict | None  # None: unfinished
-    metrics: list[dict]
-
-    @property
-    def variant(self) -> str:
-        return self.config.get("variant", self.dir.name)
-
-
-def find_runs(root: Path) -> list[Path]:
-    root = Path(root)
-    if (root / rt.CONFIG).exists():
-        return [root]
-    return sorted(p.parent for p in root.rglob(rt.CONFIG))
-
-
 def load_runs(root: Path) -> list[Run]:
-    runs = []
-    for d in find_runs(root):
-        try:
-            cfg = rt.read_json(d / rt.CONFIG)
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{d / rt.CONFIG}: unreadable ({e})") from None
-        env = rt.read_json(d / rt.ENV) if (d / rt.ENV).exists() else {}
-        res = rt.read_json(d / rt.RESULT) if (d / rt.RESULT).exists() else None
-        runs.append(Run(d, cfg, env, res, rt.read_metrics(d / rt.METRICS)))
-    return runs
+    return [Run.read(d) for d in find_runs(root)]
 
 
 def _variant_order(runs: list[Run]) -> list[str]:
@@ -96,7 +69,7 @@ def results_table(runs: list[Run]) -> str:
             gap = f"{'+' if diff >= 0 else ''}{diff:.2f}" + (" ✓" if diff >= 0 else near)
         best = ", ".join(str(r.result.get("best_epoch", "")) for r in done)
         epochs = ", ".join(str(r.result.get("epochs", "")) for r in done)
-        wall = mean_std([float(r.result.get("wall_time", 0)) for r in done])[0] if done else float("nan")
+        wall = mean_std([r.wall_time for r in done])[0] if done else float("nan")
         dev = done[0].result.get("device", "") + "/" + done[0].result.get("precision", "") if done else ""
         missing = f" ({len(rs) - len(done)} unfinished)" if len(done) < len(rs) else ""
         lines.append(f"| {v} | {'' if target is None else f'{target:g}'} | {fmt_ms(m, s, len(vals))}{missing} "
@@ -146,7 +119,13 @@ def plot_curves(runs: list[Run], out: Path) -> Path | None:
 
 
 def _nondefault(cfg: dict) -> str:
-    base = flatten(RunConfig().to_dict())
+    try:  # the defaults of the same registry entries (a config.json of an older layout: show every key)
+        from ..config import build
+
+        base = flatten(build({k: {"name": cfg[k]["name"]} for k in ("data", "model", "method", "loss")
+                              if isinstance(cfg.get(k), dict) and "name" in cfg[k]}).to_dict())
+    except Exception:
+        base = {}
     skip = {"study", "variant", "preset", "seed", "task", "metric", "goal", "target"}
     diff = {k: v for k, v in flatten(cfg).items() if k not in skip and base.get(k) != v
             and not (isinstance(v, list) and tuple(v) == base.get(k))}
@@ -168,9 +147,9 @@ def render_markdown(runs: list[Run], out: Path) -> str:
     parts += ["## Results", "", results_table(runs), ""]
     finished = [r for r in runs if r.result]
     if finished:
-        total = sum(float(r.result.get("wall_time", 0)) for r in finished)
+        total = sum(r.wall_time for r in finished)
         parts += [f"{len(finished)} finished run(s) of {len(runs)}; total wall time {_dur(total)} "
-                  f"(sum of the runs' wall times).", ""]
+                  f"(sum of the runs' wall times, every invocation of a resumed run counted).", ""]
     done = [r for r in runs if r.result]
     if done:
         parts += [f"Metric `{c0.get('metric')}` ({'higher' if c0.get('goal') == 'max' else 'lower'} is better),"
@@ -193,15 +172,8 @@ def render_markdown(runs: list[Run], out: Path) -> str:
     curves = plot_curves(runs, out)
     if curves:
         parts += ["## Learning curves", "", f"![learning curves]({curves.name})", ""]
-    from ..registry import TASKS
-
-    hooks = []  # each distinct task's report section once (a study may mix tasks, e.g. zeroshot + classify)
-    for task in dict.fromkeys(r.config.get("task", "classify") for r in runs):
-        hook = TASKS.get(task).report if task in TASKS else None
-        if hook is not None and hook not in hooks:
-            hooks.append(hook)
-    for hook in hooks:
-        extra = hook([r.dir for r in runs], out)
+    for name in report_sections(runs):  # each method's own sections, once (a study may mix methods)
+        extra = SECTIONS.get(name)(runs, out)
         if extra:
             parts += [extra.strip(), ""]
     parts += ["## Runs", "", "Each run directory holds config.json (the resolved config), env.json, metrics.jsonl, "
@@ -220,6 +192,50 @@ def render_markdown(runs: list[Run], out: Path) -> str:
                   f"{env.get('versions', {}).get('torch', '?')}, git {env.get('git_commit', '?')}",
                   ""]
     return "\n".join(parts)
+
+
+def report_sections(runs: list[Run]) -> list[str]:
+    """Extra sections the runs' methods ask for (registry SECTIONS), in order of first appearance."""
+    from ..registry import METHODS
+
+    names: list[str] = []
+    for r in runs:
+        m = (r.config.get("method") or {}).get("name") if isinstance(r.config.get("method"), dict) else None
+        if m in METHODS:
+            names += [s for s in METHODS.get(m).report_sections if s in SECTIONS and s not in names]
+    return names
+
+
+def summary_rows(runs: list[Run]) -> list[dict]:
+    """One row per variant: what the results table says, for programs."""
+    metric = runs[0].config.get("metric", "test_acc")
+    goal = runs[0].config.get("goal", "max")
+    rows = []
+    for v in _variant_order(runs):
+        rs = [r for r in runs if r.variant == v]
+        vals = [float(r.result[metric]) for r in rs if r.result and isinstance(r.result.get(metric), (int, float))]
+        m, s = mean_std(vals)
+        target = rs[0].config.get("target")
+        met = "" if target is None or not vals else str(m >= target if goal == "max" else m <= target).lower()
+        walls = [r.wall_time for r in rs if r.result]
+        rows.append({"variant": v, "metric": metric, "mean": "" if not vals else f"{m:.6g}",
+                     "std": "" if len(vals) < 2 else f"{s:.6g}", "seeds": len(vals), "runs": len(rs),
+                     "target": "" if target is None else f"{target:g}", "met": met,
+                     "wall_time_s": "" if not walls else f"{statistics.fmean(walls):.1f}"})
+    return rows
+
+
+def write_summary_csv(runs: list[Run], path: Path) -> Path:
+    import csv
+    import io
+
+    rows = summary_rows(runs)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["variant"], lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    rt.atomic_write_text(path, buf.getvalue())
+    return path
 
 
 def _rel(p: Path, base: Path) -> str:
@@ -285,6 +301,9 @@ def write_report(root: Path, copy_to: Path | None = None) -> Path:
     md = render_markdown(runs, out)
     rt.atomic_write_text(out / "report.md", md + "\n")
     rt.atomic_write_text(out / "report.html", markdown_to_html(md, out, runs[0].config.get("study", "report")))
+    write_summary_csv(runs, out / "summary.csv")
     if copy_to is not None:
-        return copy_report(md, out, Path(copy_to))
+        dest = copy_report(md, out, Path(copy_to))
+        write_summary_csv(runs, dest.with_suffix(".csv"))  # next to the Markdown: docs/results/<name>.csv
+        return dest
     return out / "report.md"

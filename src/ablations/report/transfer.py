@@ -2,10 +2,9 @@
 floor per backbone, confusion matrices of the multi-class runs, a grid of misclassified test
 images of the best run per dataset, and the time that cached features saved.
 
-Reads config.json, result.json and test_predictions.pt ({"y", "pred", "classes"}, written by the
-classify loop and the zeroshot task). The image grid re-reads the test split through the dataset's
-own builder (from its decoded cache); when the data is not on this machine the grid is skipped
-with a note, everything else still renders."""
+Reads config.json, result.json and test_predictions.pt ({"y", "pred", "classes", "wrong_idx",
+"wrong_x"}: the image methods store up to 24 misclassified test images, as stored, with their
+predictions), so the report needs nothing but the run directories."""
 from __future__ import annotations
 
 import json
@@ -15,7 +14,8 @@ from typing import Optional
 
 import torch
 
-from ..train import runtime as rt
+from .. import rundir as rt
+from ..registry import SECTIONS
 
 PRED = "test_predictions.pt"
 GRID_MAX = 24  # misclassified images shown per grid
@@ -120,14 +120,11 @@ def plot_confusion(cm: torch.Tensor, names: list[str], title: str, path: Path) -
     return path
 
 
-def _test_images(run: _Run) -> torch.Tensor:
-    """The run's test split as stored (N, 3, H, W) uint8, in prediction order."""
-    from ..config import from_dict
-    from ..registry import DATASETS, MODELS
-
-    cfg = from_dict(run.config, str(run.dir / rt.CONFIG))
-    pre = getattr(MODELS.get(cfg.model.name), "preprocess", None)
-    return DATASETS.get(cfg.data.name)(cfg, preprocess=pre).test_x
+def _test_images(run: _Run) -> dict[int, torch.Tensor]:
+    """{test index: stored (3, H, W) uint8 image} of the misclassified images the run kept."""
+    if "wrong_x" not in run.pred:
+        raise ValueError("this run kept no misclassified images (made by an older version)")
+    return {int(i): x for i, x in zip(run.pred["wrong_idx"], run.pred["wrong_x"])}
 
 
 def plot_misclassified(x: torch.Tensor, y: torch.Tensor, pred: torch.Tensor, names: list[str], title: str,
@@ -137,11 +134,9 @@ def plot_misclassified(x: torch.Tensor, y: torch.Tensor, pred: torch.Tensor, nam
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    wrong = (y != pred).nonzero().flatten()
-    if len(wrong) == 0:
+    pick = torch.tensor(sorted(x))[:limit]  # the misclassified images the run kept
+    if len(pick) == 0:
         return None
-    # evenly spread over the wrong ones (they are ordered by class), not just the first class's
-    pick = wrong[torch.linspace(0, len(wrong) - 1, min(limit, len(wrong))).round().long()]
     cols = min(6, len(pick))
     rows = (len(pick) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.1, rows * 2.45), squeeze=False)
@@ -180,11 +175,12 @@ def _cache_rows(runs: list[_Run]) -> list[str]:
     return rows
 
 
-def transfer_report(run_dirs: list[Path], out_dir: Path) -> str:
+@SECTIONS.register("transfer")
+def transfer_report(run_list: list, out_dir: Path) -> str:
     """Markdown for the study report; writes its PNGs into out_dir."""
     out_dir = Path(out_dir)
     runs = []
-    for d in run_dirs:
+    for d in [r.dir for r in run_list]:
         try:
             runs.append(_Run(Path(d)))
         except (OSError, json.JSONDecodeError):
@@ -254,8 +250,6 @@ def transfer_report(run_dirs: list[Path], out_dir: Path) -> str:
             names = display_names(list(r.pred["classes"]))
             try:
                 x = _test_images(r)
-                if len(x) != len(y):
-                    raise ValueError(f"the test split now has {len(x)} images, the run predicted {len(y)}")
             except Exception as e:  # data not on this machine, or changed since the run
                 parts += [f"{ds}, {r.name}: {n_wrong} of {len(y)} wrong; images not shown ({type(e).__name__}: "
                           f"{str(e).splitlines()[0][:160]}).", ""]

@@ -1,5 +1,5 @@
-"""What every training family shares: device and precision, seeding, the run directory's files
-(config, environment, metrics, checkpoints, final weights) and progress output."""
+"""What every run shares besides the loop: device and precision, seeding, the environment record and
+progress output. (Run-directory files live in rundir.py.)"""
 from __future__ import annotations
 
 import contextlib
@@ -12,18 +12,28 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from dataclasses import dataclass
+from typing import Iterable, Optional
 
 import torch
 
-from ..config import RunConfig, TrainConfig, UserError
-
-CONFIG, ENV, METRICS, CHECKPOINT, FINAL, RESULT = (
-    "config.json", "env.json", "metrics.jsonl", "checkpoint.pt", "final.safetensors", "result.json")
+from .config import TrainConfig
+from .errors import RunError
 
 
-class RunError(UserError, RuntimeError):
-    """A run cannot go on (NaN loss, finished run dir, ...): one line for the user."""
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a run computes: handed to the method."""
+    device: torch.device
+    dtype: Optional[torch.dtype]  # autocast dtype; None: plain fp32
+    channels_last: bool
+
+    def autocast(self):
+        return autocast(self.device, self.dtype)
+
+    @property
+    def precision(self) -> str:
+        return str(self.dtype).replace("torch.", "") if self.dtype else "fp32"
 
 
 # ---------------------------------------------------------------- device, precision, seeds
@@ -38,6 +48,27 @@ def select_device(tc: TrainConfig) -> torch.device:
     if tc.device == "mps" and not torch.backends.mps.is_available():
         raise RunError("train.device=mps but MPS is not available")
     return torch.device(tc.device)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), for every number we record."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    """The matrix-relevant CPU flags (AVX2, AVX512*, AMX*): they decide fp32 vs bf16 speed."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
+    return sorted(f for f in set(flags) if f.startswith(("avx2", "avx512", "amx", "fma")))
 
 
 def cpu_has_bf16() -> bool:
@@ -79,14 +110,13 @@ def use_channels_last(tc: TrainConfig, device: torch.device) -> bool:
     return tc.channels_last == "on"
 
 
-def setup(tc: TrainConfig, seed: int) -> tuple[torch.device, Optional[torch.dtype]]:
-    """The first lines of every task: torch threads, device, autocast dtype, seeds."""
+def setup(tc: TrainConfig, seed: int) -> Runtime:
+    """The first lines of every run: torch threads, device, autocast dtype, seeds."""
     if tc.threads:
         torch.set_num_threads(tc.threads)
     device = select_device(tc)
-    dtype = amp_dtype(tc, device)
     seed_all(seed)
-    return device, dtype
+    return Runtime(device, amp_dtype(tc, device), use_channels_last(tc, device))
 
 
 def seed_all(seed: int) -> None:
@@ -134,7 +164,8 @@ def git_commit() -> str:
         return "unknown"
 
 
-def environment(device: torch.device, dtype: Optional[torch.dtype], channels_last: bool) -> dict:
+def environment(rt: Runtime) -> dict:
+    device, dtype, channels_last = rt.device, rt.dtype, rt.channels_last
     from importlib import metadata
 
     versions = {}
@@ -148,7 +179,8 @@ def environment(device: torch.device, dtype: Optional[torch.dtype], channels_las
         "python": sys.version.split()[0],
         "versions": versions,
         "platform": platform.platform(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
+        "cpu_flags": cpu_flags(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": str(device),
@@ -160,129 +192,6 @@ def environment(device: torch.device, dtype: Optional[torch.dtype], channels_las
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     return env
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """torch.save to a temp file then rename: a crash never leaves a half-written checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
-def save_training_state(run_dir: Path, model, opt, epoch: int, step: int, best: dict, scaler=None) -> None:
-    """The epoch checkpoint both loops write: everything resume needs to continue as if never stopped."""
-    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "step": step,
-             "best": best, "rng": rng_state()}
-    if scaler is not None:
-        state["scaler"] = scaler.state_dict()
-    save_checkpoint(Path(run_dir) / CHECKPOINT, state)
-
-
-def restore_training_state(run_dir: Path, model, opt, log: "MetricsLog", scaler=None) -> tuple[int, int, dict]:
-    """Load the epoch checkpoint into model/opt(/scaler), restore the RNGs and drop metric records written
-    after it; returns (first epoch to run, optimiser steps done, best-so-far record)."""
-    ck = load_checkpoint(Path(run_dir) / CHECKPOINT)
-    model.load_state_dict(ck["model"])
-    opt.load_state_dict(ck["optimizer"])
-    if scaler is not None and ck.get("scaler"):
-        scaler.load_state_dict(ck["scaler"])
-    set_rng_state(ck["rng"])
-    log.truncate_after(ck["epoch"])
-    return ck["epoch"] + 1, ck["step"], ck["best"]
-
-
-def save_final(run_dir: Path, model: torch.nn.Module, meta: dict | None = None) -> None:
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().float().contiguous().cpu() if v.is_floating_point() else v.detach().contiguous().cpu()
-             for k, v in model.state_dict().items()}
-    tmp = run_dir / (FINAL + ".tmp")
-    save_file(state, str(tmp), metadata={k: str(v) for k, v in (meta or {}).items()})
-    os.replace(tmp, run_dir / FINAL)
-
-
-class MetricsLog:
-    """Append-only JSONL; one record per epoch (and any extra events)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def append(self, record: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record, default=float) + "\n")
-            f.flush()
-
-    def read(self) -> list[dict]:
-        return read_metrics(self.path)
-
-    def truncate_after(self, epoch: int) -> None:
-        """On resume: drop records of epochs after the checkpoint (they will be recomputed)."""
-        keep = [r for r in self.read() if r.get("epoch", 0) <= epoch]
-        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
-
-
-def read_metrics(path: Path) -> list[dict]:
-    if not Path(path).exists():
-        return []
-    out = []
-    for line in Path(path).read_text().splitlines():
-        line = line.strip()
-        if line:
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass  # a line cut by a crash: ignore it, the checkpoint is the truth
-    return out
-
-
-def prepare_run_dir(run_dir: Path, cfg: RunConfig, overwrite: bool, resume: bool) -> None:
-    """Create run_dir, refusing to clobber a finished run unless overwrite; on resume the dir must exist."""
-    run_dir = Path(run_dir)
-    if resume:
-        if not (run_dir / CONFIG).exists():
-            raise RunError(f"{run_dir}: not a run directory (no {CONFIG})")
-        return
-    if (run_dir / RESULT).exists() and not overwrite:
-        raise RunError(f"{run_dir} already holds a finished run; pass --overwrite to replace it")
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite and (run_dir / CONFIG).exists():
-            raise RunError(f"{run_dir} holds an unfinished run; use `ablations resume {run_dir}` or --overwrite")
-        for name in (CONFIG, ENV, METRICS, CHECKPOINT, FINAL, RESULT):
-            p = run_dir / name
-            if p.exists():
-                p.unlink()
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise RunError(f"cannot write to output dir {run_dir}: {e.strerror or e}") from None
 
 
 class Progress:
@@ -330,3 +239,11 @@ def count_params(model: torch.nn.Module, trainable_only: bool = False) -> int:
 def batches(n: int, batch_size: int) -> Iterable[slice]:
     for i in range(0, n, batch_size):
         yield slice(i, min(i + batch_size, n))
+
+
+def log_epoch(variant: str, rec: dict, epochs: int) -> None:
+    """One line per epoch on stderr: the epoch record's train/val numbers and its time."""
+    nums = ", ".join(f"{k} {v:.4g}" for k, v in rec.items()
+                     if k.startswith(("train_", "val_")) and isinstance(v, (int, float)))
+    print(f"{variant} epoch {rec['epoch']}/{epochs}: {nums} ({rec.get('epoch_time', 0):.1f} s)",
+          file=sys.stderr, flush=True)

@@ -1,11 +1,12 @@
-"""The language task's part of a study report (Markdown), from run directories alone: a table of losses
+"""The language-model method's part of a study report (Markdown), from run directories alone: a table of losses
 and text-quality metrics per variant, the sampling table of the best model, and samples side by side."""
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-from . import runtime as rt
+from .. import rundir as rt
+from ..registry import SECTIONS
 
 SAMPLES_JSON = "samples.json"
 
@@ -37,7 +38,9 @@ def _cell(text: str, n: int) -> str:
     return t.strip("\n").replace("\n", "<br>") + ("…" if len(text) > n else "")
 
 
-def render(run_dirs: list[Path], out_dir: Path) -> str:
+@SECTIONS.register("samples")
+def render(run_list: list, out_dir: Path) -> str:
+    run_dirs = [r.dir for r in run_list]
     runs = [r for r in (_load(Path(d)) for d in run_dirs) if r is not None]
     if not runs:
         return ""
@@ -63,8 +66,9 @@ def render(run_dirs: list[Path], out_dir: Path) -> str:
     for v in variants:
         rs = [r for r in runs if r["config"]["variant"] == v]
         m = rs[0]["config"]["model"]
+        carry = (rs[0]["config"].get("method") or {}).get("carry_state")
         desc = (f"{m['name']} {m['layers']}x{m['hidden']}" + (f" drop {m['dropout']:g}" if m["dropout"] else "")
-                + (" LN" if m["layer_norm"] else "") + (" carry" if m["carry_state"] else ""))
+                + (" LN" if m["layer_norm"] else "") + (" carry" if carry else ""))
         lines.append(f"| {v} | {desc} | " + " | ".join(_mean([r["result"].get(k) for r in rs], fmt)
                                                      for _, k, fmt in cols) + " |")
     res0 = runs[0]["result"]

@@ -9,7 +9,7 @@ import math
 import torch
 from torch import nn
 
-from ..config import OptimConfig
+from .config import OptimConfig
 
 
 def lr_factor(step: int, total: int, steps_per_epoch: int, cfg: OptimConfig) -> float:
@@ -67,7 +67,9 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
         if no_decay:
             groups.append({"params": no_decay, "weight_decay": 0.0, "lr_scale": scale, "level": k})
     if not groups:
-        raise ValueError("the model has no trainable parameters (check model.train_stages / model.bn)")
+        from .errors import ConfigError
+
+        raise ConfigError("the model has no trainable parameters (check method.train_stages / method.bn)")
     return groups
 
 

@@ -1,0 +1,90 @@
+"""What every image dataset shares: its typed options (ImageDataConfig), what a dataset returns (RawData:
+the splits it ships, nothing carved yet) and what the methods train on (Splits: made by splits.make_splits,
+the one place that carves validation sets, limits, label noise, labeled/unlabeled parts and core-sets)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+import torch
+
+from ..config import DataConfig, FieldError, opt
+
+
+@dataclass(frozen=True)
+class ImageDataConfig(DataConfig):
+    limit: int = opt(0, "use at most this many training examples (0: all); for smoke runs", ge=0)
+    limit_eval: int = opt(0, "at most this many validation/test examples (0: all)", ge=0)
+    val_fraction: float = opt(0.1, "share of the training set held out for validation (seeded)", ge=0, lt=1)
+    normalize: Literal["unit", "standard", "model"] = opt(
+        "standard", "unit: [0,1]; standard: the training split's per-channel mean/std; model: the backbone's own")
+    image_size: int = opt(0, "input side, pixels (0: the model's default, else the stored size)", ge=0)
+    label_noise: float = opt(0.0, "share of training labels replaced by a wrong class (seeded)", ge=0, le=1)
+    noise_kind: Literal["symmetric", "asymmetric"] = opt(
+        "symmetric", "symmetric: a uniformly random other class; asymmetric: a fixed similar class "
+        "(CIFAR-10: truck->automobile, bird->airplane, deer->horse, cat<->dog; else class k -> k+1)")
+    labeled_fraction: float = opt(1.0, "share of the training split that keeps its labels; the rest becomes the "
+                                  "unlabeled split (seeded, stratified by class)", ge=0, le=1)
+    labeled_per_class: int = opt(0, "labeled training examples per class (0: use labeled_fraction)", ge=0)
+    subset: Optional[str] = opt(None, "file of training-split indices to keep (JSON list, or one per line): "
+                                "a core-set")
+    aug: dict = opt(factory=dict, doc="augmentation pipelines by role, batched on the training device, e.g. "
+                    "{train: [flip, {translate: 4}], strong: [randaugment]}; see `ablations list` for the names")
+
+    def check(self) -> None:
+        from .augment import parse_pipeline  # the AUGS registry types each entry of each role
+
+        for role, spec in self.aug.items():
+            try:
+                parse_pipeline(spec)
+            except FieldError as e:
+                raise FieldError(f"aug.{role}{e.key}", e.message) from None
+        if self.labeled_fraction < 1.0 and self.labeled_per_class:
+            raise FieldError("labeled_per_class", "set labeled_per_class or labeled_fraction, not both")
+
+
+@dataclass
+class RawData:
+    """A dataset as it ships: uint8 (N, 3, H, W) images and int64 (N,) labels per split."""
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: list[str]
+    source: str  # where the bytes came from (path / URL), for the report
+    title: str = ""  # e.g. "CIFAR-10", for the split descriptions
+    test_name: str = "official test"  # what the test split is, for the report
+    val_x: Optional[torch.Tensor] = None  # a validation split the dataset ships (else carved from train)
+    val_y: Optional[torch.Tensor] = None
+
+
+@dataclass
+class Splits:
+    """What a method trains and evaluates on (uint8 NCHW images, int64 labels)."""
+    train_x: torch.Tensor
+    train_y: torch.Tensor  # labels as trained on (noisy when data.label_noise > 0)
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: list[str]
+    mean: tuple[float, float, float]  # per-channel mean of the training split, [0,1] units
+    std: tuple[float, float, float]
+    source: str
+    splits: dict = field(default_factory=dict)  # what each split is, e.g. {"val": "5000 held out of train (seed 0)"}
+    train_y_true: Optional[torch.Tensor] = None  # clean labels of the training split (label-noise studies)
+    unlabeled_x: Optional[torch.Tensor] = None  # training images whose labels are withheld (semi-supervised)
+    unlabeled_y: Optional[torch.Tensor] = None  # their true labels: for measuring pseudo-labels only
+    train_index: Optional[torch.Tensor] = None  # index of each training example in the dataset's train split
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a model builder needs to know of its data: `MODELS[name](cfg.model, spec)`."""
+    classes: list = field(default_factory=list)  # class names (image classifiers)
+    image_size: int = 0  # input side, pixels
+    vocab_size: int = 0  # tokens (language models)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)

@@ -1,0 +1,320 @@
+"""The one place that cuts a dataset as it ships (RawData) into what a method trains on (Splits), for
+every image dataset.
+
+Order (each random step draws from its own seeded stream, so changing one knob never shifts another's
+draws; stream numbers are fixed: they define which examples a seed picks):
+
+    1  validation carve     round(val_fraction * N) of the train split            stream 1
+    2  subset (core-set)    the training indices listed in a file (no randomness)  -
+    3  limit                that many of the training pool                        stream 2
+    4  labeled/unlabeled    labeled_per_class or labeled_fraction, per class       stream 6
+    5  label noise          on the labeled training labels only                   stream 5
+    6  limit_eval           val and test subsampled                               streams 3 (val), 4 (test)
+    7  mean/std             exact per-channel statistics of the labeled training images
+
+With no subset, everything labeled and symmetric noise this gives the very tensors the former
+images.make_splits gave (tests/test_splits.py holds a copy of it and compares).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Mapping, Optional, Sequence, Union
+
+import torch
+
+from ..config import ConfigError
+from .base import ImageDataConfig, RawData, Splits
+
+__all__ = ["make_splits", "channel_stats", "symmetric_noise", "asymmetric_noise", "asymmetric_map",
+           "stratified_take", "read_subset", "CIFAR10_ASYMMETRIC"]
+
+# seeded streams (see the module docstring); never renumber: a stream number is part of what a seed means
+STREAM_VAL, STREAM_LIMIT, STREAM_VAL_EVAL, STREAM_TEST_EVAL, STREAM_NOISE, STREAM_LABELED = 1, 2, 3, 4, 5, 6
+
+# the usual CIFAR-10 asymmetric noise (Patrini et al. 2017): a source class -> the class it is confused with
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR10_ASYMMETRIC = {"truck": "automobile", "bird": "airplane", "deer": "horse", "cat": "dog", "dog": "cat"}
+
+
+def _gen(seed: int, stream: int) -> torch.Generator:
+    """Independent seeded streams (split, limit, noise, ...) so changing one knob never shifts another."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + stream * 7_919 + 17) % 2**63)
+
+
+def _subsample(n: int, k: int, g: torch.Generator) -> torch.Tensor:
+    """k sorted indices out of range(n) (all when k <= 0 or k >= n)."""
+    if k <= 0 or k >= n:
+        return torch.arange(n)
+    return torch.randperm(n, generator=g)[:k].sort().values
+
+
+def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Exact per-channel mean and std of uint8 images (N, C, H, W), [0,1] units, from a byte
+    histogram per channel: no float copy of the data set (45k CIFAR images would be 550 MB as fp32)."""
+    if len(x) == 0:
+        return (0.0,) * x.shape[1], (1.0,) * x.shape[1]
+    v = torch.arange(256, dtype=torch.float64) / 255.0
+    means, stds = [], []
+    for c in range(x.shape[1]):
+        h = torch.bincount(x[:, c].reshape(-1), minlength=256).to(torch.float64)
+        n = h.sum()
+        m = (h * v).sum() / n
+        var = (h * (v - m) ** 2).sum() / n
+        means.append(float(m))
+        stds.append(max(float(var.sqrt()), 1e-6))
+    return tuple(means), tuple(stds)
+
+
+# ---------------------------------------------------------------- label noise
+
+def symmetric_noise(y: torch.Tensor, rate: float, n_classes: int, g: torch.Generator) -> torch.Tensor:
+    """Replace round(rate * N) labels, chosen at random, by a uniformly random *different* class, so
+    the share of wrong labels is exactly `rate` (not rate * (K-1)/K)."""
+    y = y.clone()
+    k = int(round(rate * len(y)))
+    if k <= 0 or n_classes < 2:
+        return y
+    idx = torch.randperm(len(y), generator=g)[:k]
+    shift = torch.randint(1, n_classes, (k,), generator=g)
+    y[idx] = (y[idx] + shift) % n_classes
+    return y
+
+
+def _is_cifar10(classes: Sequence[str]) -> bool:
+    return sorted(str(c).strip().lower() for c in classes) == sorted(CIFAR10_CLASSES)
+
+
+def asymmetric_map(classes: Sequence[str]) -> dict[int, int]:
+    """Class index -> the class its labels are flipped to. CIFAR-10 (recognised by its ten class names,
+    in any order and case): truck->automobile, bird->airplane, deer->horse, cat<->dog, other classes
+    untouched. Any other class list: k -> (k+1) mod K for every class (nothing when K < 2)."""
+    names = [str(c).strip().lower() for c in classes]
+    if _is_cifar10(classes):
+        at = {c: i for i, c in enumerate(names)}
+        return {at[s]: at[t] for s, t in CIFAR10_ASYMMETRIC.items()}
+    k = len(names)
+    return {c: (c + 1) % k for c in range(k)} if k >= 2 else {}
+
+
+def asymmetric_noise(y: torch.Tensor, rate: float, classes: Union[Sequence[str], Mapping[int, int]],
+                     g: torch.Generator) -> torch.Tensor:
+    """Flip exactly round(rate * n_candidates) labels, chosen at random among the candidates (the
+    examples whose class has an entry in the map), to their mapped class. `classes` is the class-name
+    list (the map is then asymmetric_map(classes)) or the map itself."""
+    mapping = dict(classes) if isinstance(classes, Mapping) else asymmetric_map(classes)
+    y = y.clone()
+    if not mapping or len(y) == 0:
+        return y
+    size = max(max(mapping), int(y.max())) + 1
+    table = torch.arange(size)  # class -> target class (identity where unmapped)
+    is_src = torch.zeros(size, dtype=torch.bool)
+    for s, t in mapping.items():
+        table[s], is_src[s] = t, True
+    cand = is_src[y].nonzero().flatten()
+    k = int(round(rate * len(cand)))
+    if k <= 0:
+        return y
+    idx = cand[torch.randperm(len(cand), generator=g)[:k]]
+    y[idx] = table[y[idx]]
+    return y
+
+
+# ---------------------------------------------------------------- labeled / unlabeled
+
+def stratified_take(y: torch.Tensor, per_class: Union[int, Mapping[int, int], Sequence[int]],
+                    g: torch.Generator) -> torch.Tensor:
+    """Sorted positions in y of a seeded, stratified sample: per_class[c] examples of class c (an int:
+    the same count for every class; a class with fewer keeps all it has; a class missing from a
+    mapping keeps none). One random order is drawn for the whole of y and each class keeps its first
+    examples in that order, so for the same y and generator state a larger count gives a superset."""
+    n = len(y)
+    if n == 0:
+        return torch.zeros(0, dtype=torch.int64)
+    n_cls = int(y.max()) + 1
+    if isinstance(per_class, int):
+        want = torch.full((n_cls,), per_class, dtype=torch.int64)
+    else:
+        items = per_class.items() if isinstance(per_class, Mapping) else enumerate(per_class)
+        want = torch.zeros(n_cls, dtype=torch.int64)
+        for c, k in items:
+            if 0 <= c < n_cls:
+                want[c] = int(k)
+    rank = torch.empty(n, dtype=torch.int64)
+    rank[torch.randperm(n, generator=g)] = torch.arange(n)
+    order = (y.long() * n + rank).argsort()  # by class, then by the random rank
+    ys = y[order]
+    counts = torch.bincount(y, minlength=n_cls)
+    start = counts.cumsum(0) - counts
+    within = torch.arange(n) - start[ys]  # 0, 1, 2, ... inside each class
+    return order[within < want[ys]].sort().values
+
+
+def _labeled_counts(y: torch.Tensor, fraction: float) -> dict[int, int]:
+    """round(fraction * n_c) per class, at least 1 for a class that has any when fraction > 0."""
+    counts = torch.bincount(y) if len(y) else torch.zeros(0, dtype=torch.int64)
+    out = {}
+    for c, n_c in enumerate(counts.tolist()):
+        k = int(round(fraction * n_c))
+        out[c] = max(k, 1) if fraction > 0 and n_c > 0 else k
+    return out
+
+
+# ---------------------------------------------------------------- subset (core-set) files
+
+def read_subset(path: str) -> list[int]:
+    """Indices from a JSON list of ints, or a text file with one int per line (blank lines and lines
+    starting with '#' are skipped), in file order. ConfigError naming the file for anything else."""
+    p = Path(path).expanduser()
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        why = getattr(e, "strerror", None) or str(e)
+        raise ConfigError(f"data.subset: cannot read {path} ({why})") from None
+    if text.lstrip().startswith("["):
+        try:
+            vals = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"data.subset: {path} is not valid JSON (line {e.lineno}: {e.msg})") from None
+        if not isinstance(vals, list):
+            raise ConfigError(f"data.subset: {path} must hold a JSON list of training indices")
+        for i, v in enumerate(vals):
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise ConfigError(f"data.subset: {path}: entry {i} is {v!r}, not an integer index")
+        return vals
+    out = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        try:
+            out.append(int(s))
+        except ValueError:
+            raise ConfigError(f"data.subset: {path}, line {lineno}: {s!r} is not an integer index") from None
+    return out
+
+
+def _subset_pool(path: str, n: int, val_idx: torch.Tensor, val_fraction: float, seed: int) -> torch.Tensor:
+    """The subset file's indices, checked against the train split and the validation carve; sorted,
+    duplicates dropped."""
+    vals = read_subset(path)
+    if not vals:
+        raise ConfigError(f"data.subset: {path} lists no training indices")
+    idx = torch.tensor(vals, dtype=torch.int64)
+    out_of_range = (idx < 0) | (idx >= n)
+    in_val = torch.zeros(n, dtype=torch.bool)
+    in_val[val_idx] = True
+    bad = out_of_range | in_val[idx.clamp(0, max(n - 1, 0))] if n else out_of_range
+    if bool(bad.any()):
+        first = int(bad.nonzero()[0])
+        i = vals[first]
+        why = (f"out of range (the train split has {n} examples, 0..{n - 1})" if bool(out_of_range[first])
+               else f"in the validation carve (val_fraction {val_fraction}, seed {seed}); "
+                    f"a subset must come from the training pool")
+        raise ConfigError(f"data.subset: {path}: index {i} (entry {first}) is {why}; "
+                          f"{int(bad.sum())} of its {len(vals)} indices are bad")
+    return idx.unique(sorted=True)
+
+
+# ---------------------------------------------------------------- the splits
+
+def _pct(r: float) -> str:
+    """0.2 -> '20%', 0.125 -> '12.5%' (two decimals at most)."""
+    return (f"{r * 100:.2f}".rstrip("0").rstrip(".") or "0") + "%"
+
+
+def make_splits(raw: RawData, cfg: ImageDataConfig, seed: int) -> Splits:
+    """RawData -> Splits, in the order of the module docstring."""
+    tx, ty = raw.train_x, raw.train_y
+    n = len(tx)
+    title = raw.title
+    classes = list(raw.classes)
+
+    # 1. validation carve (none when the dataset ships its own validation split)
+    own_val = raw.val_x is not None
+    n_val = 0 if own_val else int(round(cfg.val_fraction * n))
+    perm = torch.randperm(n, generator=_gen(seed, STREAM_VAL))
+    val_idx, pool = perm[:n_val].sort().values, perm[n_val:].sort().values
+
+    # 2. subset (indices into the train split), 3. limit
+    if cfg.subset:
+        pool = _subset_pool(cfg.subset, n, val_idx, cfg.val_fraction, seed)
+    n_pool = len(pool)
+    pool = pool[_subsample(n_pool, cfg.limit, _gen(seed, STREAM_LIMIT))]
+    n_limited = len(pool)
+
+    # 4. labeled / unlabeled
+    unl_idx: Optional[torch.Tensor] = None
+    labeled_how = ""
+    if cfg.labeled_per_class > 0 or cfg.labeled_fraction < 1.0:
+        if cfg.labeled_per_class > 0:
+            per_class: Union[int, dict[int, int]] = cfg.labeled_per_class
+            labeled_how = f"{cfg.labeled_per_class} per class"
+        else:
+            per_class = _labeled_counts(ty[pool], cfg.labeled_fraction)
+            labeled_how = f"{_pct(cfg.labeled_fraction)} of each class"
+        keep = torch.zeros(len(pool), dtype=torch.bool)
+        keep[stratified_take(ty[pool], per_class, _gen(seed, STREAM_LABELED))] = True
+        if not bool(keep.all()):
+            unl_idx = pool[~keep]
+        pool = pool[keep]
+    tr_idx = pool
+
+    # 5. label noise (labeled training labels only)
+    train_y = ty[tr_idx]
+    train_y_true = None
+    if cfg.label_noise > 0:
+        train_y_true = train_y
+        if cfg.noise_kind == "asymmetric":
+            train_y = asymmetric_noise(train_y, cfg.label_noise, classes, _gen(seed, STREAM_NOISE))
+        else:
+            train_y = symmetric_noise(train_y, cfg.label_noise, len(classes), _gen(seed, STREAM_NOISE))
+
+    # 6. limit_eval
+    vx, vy = (raw.val_x, raw.val_y) if own_val else (tx, ty)
+    if own_val:
+        val_idx = torch.arange(len(raw.val_x))
+    n_val_all = len(val_idx)
+    val_idx = val_idx[_subsample(n_val_all, cfg.limit_eval, _gen(seed, STREAM_VAL_EVAL))]
+    te_idx = _subsample(len(raw.test_x), cfg.limit_eval, _gen(seed, STREAM_TEST_EVAL))
+
+    # 7. statistics of the labeled training images (of the whole pool when nothing is labeled)
+    train_x = tx[tr_idx]
+    unlabeled_x = tx[unl_idx] if unl_idx is not None else None
+    stats_x = train_x if len(train_x) or unlabeled_x is None else unlabeled_x
+    mean, std = channel_stats(stats_x)
+
+    # what each split is, in words
+    subset = f", those listed in {cfg.subset} ({n_pool} indices)" if cfg.subset else ""
+    lim = f", limited to {n_limited} (seed {seed})" if cfg.limit and cfg.limit < n_pool else ""
+    lab = f", {labeled_how} labeled (seed {seed})" if labeled_how else ""
+    noise = ""
+    if cfg.label_noise:
+        if cfg.noise_kind == "asymmetric":
+            if _is_cifar10(classes):
+                pairs = ", ".join(f"{classes[s]}->{classes[t]}" for s, t in asymmetric_map(classes).items())
+                noise = (f", {_pct(cfg.label_noise)} of the {pairs.count('->')} confusable classes' labels flipped "
+                         f"to a similar class ({pairs}) (seed {seed})")
+            else:
+                noise = (f", {_pct(cfg.label_noise)} of labels flipped to the next class (k -> k+1 mod "
+                         f"{len(classes)}) (seed {seed})")
+        else:
+            noise = f", {_pct(cfg.label_noise)} of labels replaced by a random other class (seed {seed})"
+    n_test = len(raw.test_x)
+    splits = {
+        "train": f"{len(tr_idx)} of the {n} {title} training images{subset}{lim}{lab}{noise}".replace("  ", " "),
+        "val": (f"{len(val_idx)} of the dataset's own {n_val_all} validation images" if own_val else
+                f"{len(val_idx)} held out of the training images (val_fraction {cfg.val_fraction}")
+               + (", limit_eval" if len(val_idx) < n_val_all else "") + f", seed {seed})",
+        "test": f"{len(te_idx)} of the {n_test} {raw.test_name} images"
+                + (f" (limit_eval, seed {seed})" if len(te_idx) < n_test else ""),
+    }
+    if unl_idx is not None:
+        splits["unlabeled"] = (f"{len(unl_idx)} of the {n} {title} training images with labels withheld: "
+                               f"the training pool{subset}{lim}{',' if subset or lim else ''} less the "
+                               f"{labeled_how} labeled (seed {seed})").replace("  ", " ")
+    return Splits(train_x=train_x, train_y=train_y, val_x=vx[val_idx], val_y=vy[val_idx],
+                  test_x=raw.test_x[te_idx], test_y=raw.test_y[te_idx], classes=classes,
+                  mean=mean, std=std, source=raw.source, splits=splits,  # type: ignore[arg-type]
+                  train_y_true=train_y_true, unlabeled_x=unlabeled_x,
+                  unlabeled_y=ty[unl_idx] if unl_idx is not None else None, train_index=tr_idx)

@@ -1,0 +1,90 @@
+"""Fine-tuning a pretrained backbone: which stages train (and from which epoch: gradual unfreezing),
+what batch norm does, and, when nothing in the backbone ever changes and the inputs are not augmented,
+training the head alone on features computed once (methods/features.py). Discriminative learning
+rates come from optim.layer_decay over the model's lr_groups()."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from ..config import FieldError, MethodConfig, RunConfig, opt
+from ..registry import METHODS, MODELS
+from ..runtime import Runtime
+from .supervised import Supervised
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(MethodConfig):
+    train_stages: int = opt(0, "backbone stages trained, counted from the top (0: head only, -1: all)", ge=-1)
+    unfreeze_every: int = opt(0, "epochs between unfreezing one more of those stages (gradual); 0: all at once",
+                              ge=0)
+    bn: Literal["train", "frozen", "only"] = opt(
+        "frozen", "batch norm of the backbone: train (update stats and affine of training stages) | frozen | "
+        "only (train the BN parameters of every stage and nothing else in the backbone)")
+    cache_features: Literal["auto", "off"] = opt(
+        "auto", "auto: when the backbone never changes and inputs are not augmented, compute its features once "
+        "and train the head on them (equal to training through the frozen backbone, minutes faster)")
+
+    def check(self) -> None:
+        if self.bn == "only" and self.train_stages not in (0, -1):
+            raise FieldError("bn", "bn=only trains the BN parameters of every stage (and nothing else in the "
+                             f"backbone); leave method.train_stages at 0, got {self.train_stages}")
+
+
+@METHODS.register("finetune")
+class Finetune(Supervised):
+    Config = FinetuneConfig
+    report_sections = ("results", "curves", "transfer")
+
+    @classmethod
+    def check(cls, cfg: RunConfig) -> None:
+        super().check(cfg)
+        if not MODELS.entry(cfg.model.name).meta.get("pretrained"):
+            raise FieldError("model.name", f"method finetune needs a pretrained backbone; {cfg.model.name!r} is "
+                             f"not one (choices: {', '.join(pretrained_models())})")
+
+    def __init__(self, cfg: RunConfig, rt: Runtime, run_dir: Path, refs: dict[str, Path]):
+        super().__init__(cfg, rt, run_dir, refs)
+        mc = cfg.method
+        self.model.configure(mc.train_stages, mc.unfreeze_every, mc.bn)
+        # a frozen backbone without augmentation: features once, the head trains on them
+        self.cached = mc.cache_features == "auto" and self.model.backbone_frozen() and not self.aug.random
+        self.cache_stats: dict = {}
+        if self.cached:
+            self.tx = self.features(self.tx)
+            self.vx = self.features(self.vx)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        from .features import cached_features
+
+        return cached_features(self.model, x, self.prep, self.rt.device, self.rt.dtype,
+                               self.cfg.train.eval_batch_size, stats=self.cache_stats)
+
+    def trainable(self) -> torch.nn.Module:
+        return self.model.head if self.cached else self.model
+
+    def prep(self, x, gen=None, pipeline=None):
+        if getattr(self, "cached", False) and x.is_floating_point():  # cached features are the inputs
+            return x
+        return super().prep(x, gen, pipeline)
+
+    def start_epoch(self, epoch: int) -> None:
+        self.model.set_epoch(epoch)  # gradual unfreezing
+
+    def eval_inputs(self, split: str):
+        if split == "test" and self.cached:
+            return self.features(self.data.test_x.to(self.rt.device)), self.data.test_y.to(self.rt.device), self.prep
+        return super().eval_inputs(split)
+
+    def finish(self, result: dict) -> dict:
+        out = super().finish(result)
+        if self.cached:
+            out["feature_cache"] = self.cache_stats  # seconds spent, backbone compute seconds, from_disk
+        return out
+
+
+def pretrained_models() -> list[str]:
+    return [e.name for e in MODELS.entries() if e.meta.get("pretrained")]

