@@ -29,10 +29,9 @@ def tiny_study(tmp_path: Path) -> Path:
     p = tmp_path / "tiny.yaml"
     p.write_text("""
 name: tiny
-task: classify
 metric: test_acc
 base:
-  data: {name: synthetic, limit: 256, limit_eval: 64, normalize: standard}
+  data: {name: synthetic, n_train: 320, n_test: 64, limit: 256, limit_eval: 64, normalize: standard}
   model: {name: vgg1, width: 8, dense: 16}
   optim: {name: nesterov, lr: 0.05, schedule: warmup_cosine, warmup: 0.5}
   train: {epochs: 2, batch_size: 32, eval_batch_size: 64}
@@ -42,6 +41,6 @@ variants:
   plain: {target: 50}
   regular:
     target: 60
-    set: {model.dropout: 0.1, model.batch_norm: true, data.flip: true, data.translate: 2}
+    set: {model.dropout: 0.1, model.batch_norm: true, data.aug.train: [flip, {translate: 2}]}
 """)
     return p

@@ -390,3 +390,12 @@ def from_dict(d: dict[str, Any], source: str = "config") -> RunConfig:
     """Rebuild a RunConfig from its to_dict() form (config.json of a run dir)."""
     origins: dict[str, str] = {"": source}
     return build(json.loads(json.dumps(d)), origins)
+
+
+def make(overrides: Optional[dict[str, Any]] = None, source: str = "overrides", **top: Any) -> RunConfig:
+    """A typed RunConfig from defaults + nested/dotted overrides, e.g.
+    make({"model": {"name": "vgg1", "width": 8}, "optim.lr": 0.05}, study="t") (scripts, benches, tests)."""
+    tree: dict = dict(top)
+    origins: dict[str, str] = {"": source}
+    merge(tree, overrides or {}, source, origins)
+    return build(tree, origins)
