@@ -4,14 +4,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ablations.config import ConfigError, OptimConfig, RunConfig, apply_overrides, from_dict, parse_value
+from ablations.config import ConfigError, OptimConfig, RunConfig, from_dict, make, parse_value
 from ablations.study import STUDIES, get_study
-from ablations.train.optim import lr_factor
+from ablations.optim import lr_factor
 
 
 def test_dotted_and_nested_overrides():
-    cfg = apply_overrides(RunConfig(), {"optim.lr": 0.01, "train": {"epochs": 3}, "data.flip": True})
-    assert cfg.optim.lr == 0.01 and cfg.train.epochs == 3 and cfg.data.flip is True
+    cfg = make({"optim.lr": 0.01, "train": {"epochs": 3}, "data.aug.train": ["flip"], "model": {"dropout": 0.2}})
+    assert cfg.optim.lr == 0.01 and cfg.train.epochs == 3 and cfg.data.aug == {"train": ["flip"]}
+    assert cfg.model.dropout == 0.2 and type(cfg.model).__name__ == "VGGConfig"  # typed by the chosen entry
     assert RunConfig().optim.lr == 0.001  # frozen defaults untouched
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.optim.lr = 1.0  # type: ignore[misc]
@@ -23,12 +24,26 @@ def test_dotted_and_nested_overrides():
     ({"train.epochs": "ten"}, ["train.epochs", "integer", "ten"]),
     ({"train.epochs": 2.5}, ["train.epochs", "integer"]),
     ({"optim.schedule": "cosin"}, ["optim.schedule", "cosin", "cosine"]),
-    ({"data.flip": "yes"}, ["data.flip", "true/false"]),
-    ({"optim": 3}, ["optim", "section"]),
+    ({"model.batch_norm": "yes"}, ["model.batch_norm", "true/false"]),
+    ({"optim": 3}, ["optim", "mapping"]),
+    # ranges and wrong-family keys: one line naming the key, before any data is read
+    ({"optim.lr": -1}, ["--set", "optim.lr must be > 0", "-1"]),
+    ({"train.batch_size": 0}, ["train.batch_size must be >= 1"]),
+    ({"train.epochs": 0}, ["train.epochs", "must be >= 1", "supervised"]),
+    ({"data.val_fraction": 1.5}, ["data.val_fraction must be < 1"]),
+    ({"data.label_noise": -0.1}, ["data.label_noise must be >= 0"]),
+    ({"model.hidden": 999}, ["model vgg3 has no key 'hidden'", "a key of model gru, lstm, rnn", "its keys:"]),
+    ({"model.dropuot": 0.1}, ["model.dropout"]),
+    ({"loss": {"name": "hinge", "label_smoothing": 0.1}}, ["loss.label_smoothing", "hinge"]),
+    ({"data.aug.train": ["flip", {"translat": 4}]}, ["data.aug.train[1]", "translate"]),
+    ({"model.name": "lstm"}, ["do not fit together", "takes text", "takes images"]),
+    ({"method": {"name": "finetune"}}, ["model.name", "pretrained backbone"]),
+    ({"extra": {"k": 3}}, ["unknown config key 'extra.k'"]),
 ])
 def test_bad_overrides_name_the_key(over, words):
     with pytest.raises(ConfigError) as e:
-        apply_overrides(RunConfig(), over, "--set")
+        make(over, "--set")
+    assert "\n" not in str(e.value)
     for w in words:
         assert w in str(e.value)
 
@@ -39,8 +54,13 @@ def test_parse_value_yaml_scalars():
 
 
 def test_roundtrip_through_dict():
-    cfg = apply_overrides(RunConfig(), {"optim.betas": [0.8, 0.9], "extra.k": 3})
+    cfg = make({"optim.betas": [0.8, 0.9], "data.aug.train": ["flip", {"translate": 2}], "model.name": "vgg2"})
     assert from_dict(cfg.to_dict()) == cfg
+
+
+def test_zero_epochs_allowed_only_for_methods_that_train_nothing():
+    cfg = make({"method.name": "zeroshot", "model.name": "mobilenet_v2", "train.epochs": 0})
+    assert cfg.train.epochs == 0
 
 
 @pytest.mark.parametrize("name", STUDIES.names())
@@ -69,8 +89,13 @@ def test_study_errors(tmp_path, tiny_study):
         st.resolve("fast")
     bad = tmp_path / "bad.yaml"
     bad.write_text(tiny_study.read_text().replace("model.dropout: 0.1", "model.dropuot: 0.1"))
-    with pytest.raises(ConfigError, match=r"bad.yaml: variants.regular.set: unknown config key 'model.dropuot'"):
+    with pytest.raises(ConfigError, match=r"bad.yaml: variants.regular.set: model.dropuot: model vgg1 has no key 'dropuot' "
+                                          r"\(did you mean model.dropout\?\)"):
         get_study(str(bad))
+    old = tmp_path / "old.yaml"
+    old.write_text("task: classify\n" + tiny_study.read_text())
+    with pytest.raises(ConfigError, match="study key 'task' is gone"):
+        get_study(str(old))
     with pytest.raises(KeyError, match="unknown study 'cifar10-regularisation'.*did you mean"):
         get_study("cifar10-regularisation")
 
@@ -100,6 +125,34 @@ def test_warmup_cosine_shape(total, warm_frac, min_lr):
     assert all(a >= b - 1e-12 for a, b in zip(fs[warm:], fs[warm + 1:]))  # then never rises
     assert max(fs) <= 1 + 1e-12 and min(fs[warm:]) >= min_lr - 1e-12
     assert lr_factor(total, total, spe, cfg) == pytest.approx(min_lr)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_every_schedule_peaks_at_one(schedule):
+    """The peak lr is reached: a schedule that never reaches factor 1 silently lowers optim.lr."""
+    cfg = OptimConfig(schedule=schedule, warmup=1.0, step_every=2.0, gamma=0.5)
+    fs = [lr_factor(s, 100, 10, cfg) for s in range(100)]
+    assert max(fs) == pytest.approx(1.0)
+
+
+def test_cosine_and_onecycle_shapes():
+    cos = OptimConfig(schedule="cosine", min_lr=0.1)
+    fs = [lr_factor(s, 50, 10, cos) for s in range(51)]
+    assert fs[0] == pytest.approx(1.0) and fs[25] == pytest.approx(0.55) and fs[50] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(fs, fs[1:]))
+    one = OptimConfig(schedule="onecycle")  # default warm-up: the first quarter, linear up then linear down
+    gs = [lr_factor(s, 100, 10, one) for s in range(101)]
+    assert gs.index(max(gs)) == 24 and gs[0] == pytest.approx(1 / 25) and gs[100] == pytest.approx(0.0)
+    const = OptimConfig(schedule="constant", warmup=0.5)
+    assert [lr_factor(s, 100, 10, const) for s in range(6)] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0, 1.0])
+
+
+def test_schedule_purity_across_calls():
+    """Resume recomputes the lr from the step alone: interleaving other calls never changes an answer."""
+    cfg = OptimConfig(schedule="cosine_restarts", step_every=1, gamma=2.0, warmup=0.5)
+    first = [lr_factor(s, 300, 10, cfg) for s in range(300)]
+    shuffled = {s: lr_factor(s, 300, 10, cfg) for s in reversed(range(300))}
+    assert first == [shuffled[s] for s in range(300)]
 
 
 def test_step_and_restarts():

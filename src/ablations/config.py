@@ -316,7 +316,7 @@ def type_section(section: str, raw: Any, cls: type, origins: dict[str, str], ent
             keys = sorted(k for k in by_name if k != "name")
             close = difflib.get_close_matches(str(key), keys, n=1)
             what = f"{section} {entry}" if entry else section
-            msg = f"{_origin(origins, f'{section}.{key}')}: {what} has no key {key!r}"
+            msg = f"{_origin(origins, f'{section}.{key}')}: {section}.{key}: {what} has no key {key!r}"
             if close:
                 msg += f" (did you mean {section}.{close[0]}?)"
             elif entry and section in _TYPED:
@@ -343,7 +343,8 @@ def build(tree: dict, origins: Optional[dict[str, str]] = None) -> RunConfig:
         if key not in hints:
             close = difflib.get_close_matches(str(key), list(hints), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{_origin(origins, str(key))}: unknown config key {key!r}{hint}; "
+            full = next((k for k in origins if k == key or k.startswith(f"{key}.")), key)  # the key as written
+            raise ConfigError(f"{_origin(origins, full)}: unknown config key {full!r}{hint}; "
                               f"sections: {', '.join(hints)}")
     kw: dict[str, Any] = {}
     for key in _SCALARS:
