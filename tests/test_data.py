@@ -1,5 +1,6 @@
 """Data: sources, decoding + cache, seeded splits, batched augmentation. Synthetic data made here;
-the real CIFAR-10 copy under ../shared/datasets is used only when present (and only cheaply)."""
+the real CIFAR-10 copy under ../shared/datasets is used only when present (and only cheaply).
+(tests/test_splits.py covers the splits module in depth, tests/test_augment.py the augmentation registry.)"""
 from __future__ import annotations
 
 import io
@@ -14,12 +15,15 @@ import pytest
 import torch
 from PIL import Image
 
-from ablations.config import DataConfig, RunConfig
+from ablations.config import ConfigError, RunConfig, make
 from ablations.data import images as im
 from ablations.data import sources as src
-from ablations.data.images import (CIFAR10, augment, center_crop, channel_stats, color_jitter, flip_translate,
-                                   is_augmenting, load_cifar, make_splits, normalize, random_affine_crop)
+from ablations.data.augment import (build_pipeline, center_crop, color_jitter, flip_translate, normalize,
+                                    random_affine_crop)
+from ablations.data.base import ImageDataConfig, RawData, Splits
+from ablations.data.images import CIFAR10, load_cifar
 from ablations.data.sources import DataError, DataNotFound
+from ablations.data.splits import channel_stats, make_splits
 from ablations.registry import DATASETS
 
 # torchvision 0.29 announces on each decode that its decoders move to TorchCodec (images.py filters
@@ -27,7 +31,7 @@ from ablations.registry import DATASETS
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-REAL = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+REAL_NAME = "cifar10-lossless.tar.gz"  # the shared copy (WebP lossless, official split; see its README)
 REAL_CACHE_DIR = Path(os.environ.get("ABLATIONS_CACHE") or Path.home() / ".cache" / "ablations")
 
 
@@ -91,7 +95,14 @@ def make_batches_dir(folder: Path, per_batch: int = 4, n_test: int = 6) -> tuple
 
 
 def cfg_for(path=None, seed=0, **data) -> RunConfig:
-    return RunConfig(seed=seed, data=DataConfig(path=str(path) if path else None, **data))
+    return make({"data": {"name": "cifar10", "path": str(path) if path else None, **data}}, seed=seed)
+
+
+def load(cfg: RunConfig) -> Splits:
+    """What a method trains on: the dataset's RawData, carved by the one splits module."""
+    raw = DATASETS.get(cfg.data.name)(cfg.data, None)
+    assert isinstance(raw, RawData)
+    return make_splits(raw, cfg.data, cfg.seed)
 
 
 # ---------------------------------------------------------------- sources and loading
@@ -113,7 +124,7 @@ def test_image_folder_archive(tmp_path):
 def test_jpeg_archive_via_env_and_registry(tmp_path, monkeypatch):
     make_image_archive(tmp_path / "cifar10-jpeg.tar.gz", fmt="JPEG")
     monkeypatch.setenv("ABLATIONS_DATA", str(tmp_path))
-    data = DATASETS.get("cifar10")(cfg_for(val_fraction=0.2))
+    data = load(cfg_for(val_fraction=0.2))
     assert data.classes == CLASSES
     assert len(data.train_x) + len(data.val_x) == 10 * N_TRAIN and len(data.val_x) == 6
     assert data.test_y.tolist() == [c for c in range(10) for _ in range(N_TEST)]
@@ -190,7 +201,7 @@ def test_missing_data_is_a_clear_error_without_network(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", boom)
     with pytest.raises(DataNotFound) as e:
-        DATASETS.get("cifar10")(cfg_for())
+        DATASETS.get("cifar10")(cfg_for().data, None)
     msg = str(e.value)
     assert "CIFAR-10 not found" in msg and "$ABLATIONS_DATA" in msg and "--data-dir" in msg
     assert "cifar-10-python.tar.gz" in msg and "cifar-10-batches-py" in msg and "\n" not in msg
@@ -268,14 +279,18 @@ def test_find_local_and_cache_dir(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- splits
 
-def _raw(n=1000, n_test=200, k=10):
+def _raw(n=1000, n_test=200, k=10) -> RawData:
     """Synthetic decoded data whose pixel (0,0,0..1) encodes the example's index."""
     x = torch.zeros(n, 3, 4, 4, dtype=torch.uint8)
     x[:, 0, 0, 0], x[:, 0, 0, 1] = torch.arange(n) // 256, torch.arange(n) % 256
     tx = torch.zeros(n_test, 3, 4, 4, dtype=torch.uint8)
     tx[:, 0, 0, 0], tx[:, 0, 0, 1] = torch.arange(n_test) // 256, torch.arange(n_test) % 256
-    return {"train_x": x, "train_y": torch.arange(n) % k, "test_x": tx, "test_y": torch.arange(n_test) % k,
-            "classes": [str(i) for i in range(k)], "source": "synthetic"}
+    return RawData(train_x=x, train_y=torch.arange(n) % k, test_x=tx, test_y=torch.arange(n_test) % k,
+                   classes=[str(i) for i in range(k)], source="synthetic")
+
+
+def _dc(**kw) -> ImageDataConfig:
+    return ImageDataConfig(**kw)
 
 
 def _ids(x):
@@ -284,35 +299,39 @@ def _ids(x):
 
 def test_split_is_seeded_disjoint_and_complete():
     raw = _raw()
-    a = make_splits(raw, DataConfig(val_fraction=0.1), seed=3)
-    b = make_splits(raw, DataConfig(val_fraction=0.1), seed=3)
-    c = make_splits(raw, DataConfig(val_fraction=0.1), seed=4)
+    a = make_splits(raw, _dc(val_fraction=0.1), seed=3)
+    b = make_splits(raw, _dc(val_fraction=0.1), seed=3)
+    c = make_splits(raw, _dc(val_fraction=0.1), seed=4)
     tr, va = _ids(a.train_x), _ids(a.val_x)
     assert len(va) == 100 and len(tr) == 900
     assert not set(tr) & set(va) and set(tr) | set(va) == set(range(1000))
     assert a.train_y.tolist() == [i % 10 for i in tr] and a.val_y.tolist() == [i % 10 for i in va]
     assert _ids(b.val_x) == va and torch.equal(a.train_x, b.train_x)
     assert _ids(c.val_x) != va
-    assert len(make_splits(raw, DataConfig(val_fraction=0.0), 0).val_x) == 0
-    with pytest.raises(DataError, match="val_fraction"):
-        make_splits(raw, DataConfig(val_fraction=1.0), 0)
+    assert len(make_splits(raw, _dc(val_fraction=0.0), 0).val_x) == 0
+    # a validation share outside [0, 1) is refused when the config is typed, before any data is read
+    # (it was a DataError from make_splits)
+    with pytest.raises(ConfigError, match=r"data\.val_fraction must be < 1, got 1\.0"):
+        make({"data": {"name": "cifar10", "val_fraction": 1.0}})
+    with pytest.raises(ConfigError, match=r"data\.val_fraction must be >= 0"):
+        make({"data.name": "synthetic", "data.val_fraction": -0.1})
 
 
 def test_limits_are_seeded_subsets():
     raw = _raw()
-    d = make_splits(raw, DataConfig(val_fraction=0.1, limit=50, limit_eval=20), seed=0)
-    full = make_splits(raw, DataConfig(val_fraction=0.1), seed=0)
+    d = make_splits(raw, _dc(val_fraction=0.1, limit=50, limit_eval=20), seed=0)
+    full = make_splits(raw, _dc(val_fraction=0.1), seed=0)
     assert len(d.train_x) == 50 and len(d.val_x) == 20 and len(d.test_x) == 20
     assert set(_ids(d.train_x)) <= set(_ids(full.train_x))  # limit does not move the val split
     assert set(_ids(d.val_x)) <= set(_ids(full.val_x))
-    assert _ids(make_splits(raw, DataConfig(val_fraction=0.1, limit=50, limit_eval=20), 0).train_x) == _ids(d.train_x)
+    assert _ids(make_splits(raw, _dc(val_fraction=0.1, limit=50, limit_eval=20), 0).train_x) == _ids(d.train_x)
     assert "limit" in d.splits["train"] and "limit_eval" in d.splits["test"]
 
 
 def test_label_noise_rate_and_only_train():
     raw = _raw(n=2000)
-    clean = make_splits(raw, DataConfig(val_fraction=0.1), seed=1)
-    noisy = make_splits(raw, DataConfig(val_fraction=0.1, label_noise=0.3), seed=1)
+    clean = make_splits(raw, _dc(val_fraction=0.1), seed=1)
+    noisy = make_splits(raw, _dc(val_fraction=0.1, label_noise=0.3), seed=1)
     assert torch.equal(clean.train_x, noisy.train_x)
     wrong = (clean.train_y != noisy.train_y).float().mean().item()
     assert wrong == pytest.approx(0.3, abs=1 / 1800)
@@ -364,25 +383,33 @@ def test_translate_shifts_content():
     assert len(shifts) > 5  # shifts vary between images
 
 
-def test_augment_shapes_dtypes_and_determinism():
+def test_pipeline_shapes_dtypes_and_determinism():
     x = _batch()
-    dc = DataConfig(flip=True, translate=4)
-    assert is_augmenting(dc) and not is_augmenting(DataConfig())
-    a = augment(x, dc, torch.Generator().manual_seed(5))
-    b = augment(x, dc, torch.Generator().manual_seed(5))
-    c = augment(x, dc, torch.Generator().manual_seed(6))
+    spec = cfg_for(aug={"train": ["flip", {"translate": 4}]}).data.aug["train"]  # as a run config holds it
+    p = build_pipeline(spec)
+    assert p.random and not build_pipeline([]).random  # (was is_augmenting)
+    a = p(x, torch.Generator().manual_seed(5))
+    b = p(x, torch.Generator().manual_seed(5))
+    c = p(x, torch.Generator().manual_seed(6))
     assert a.shape == x.shape and a.dtype == torch.uint8
     assert torch.equal(a, b) and not torch.equal(a, c)
-    assert augment(x, DataConfig(), torch.Generator()) is x  # nothing to do: no copy
+    assert build_pipeline([])(x, torch.Generator()) is x  # nothing to do: no copy
     xf = x.float() / 255  # float input in [0,1] stays float, same geometry
-    af = augment(xf, dc, torch.Generator().manual_seed(5))
+    af = p(xf, torch.Generator().manual_seed(5))
     assert af.dtype == torch.float32 and torch.equal((af * 255).round().to(torch.uint8), a)
     # the transfer family: random-resized-crop to a target size, rotation, zoom, colour jitter
-    dt = DataConfig(flip=True, crop_scale=0.35, rotate=10, scale=0.1, color_jitter=0.3)
-    t1 = augment(x, dt, torch.Generator().manual_seed(0), 48)
-    t2 = augment(x, dt, torch.Generator().manual_seed(0), 48)
+    dt = build_pipeline([{"crop": 0.35}, {"rotate": 10}, {"zoom": 0.1}, "flip", {"color_jitter": 0.3}])
+    t1 = dt(x, torch.Generator().manual_seed(0), 48)
+    t2 = dt(x, torch.Generator().manual_seed(0), 48)
     assert t1.shape == (64, 3, 48, 48) and t1.dtype == torch.uint8 and torch.equal(t1, t2)
-    assert augment(x, DataConfig(image_size=24), torch.Generator()).shape == (64, 3, 24, 24)
+    # Behaviour change: augment(x, image_size=24) used to resample every batch to 24 px even without a
+    # geometric option. A pipeline resamples only through a geometric entry (crop/rotate/zoom); without one
+    # it keeps the batch's size and the method center-crops to data.image_size first (Supervised.prep).
+    assert build_pipeline([])(x, torch.Generator(), 24) is x
+    assert center_crop(x, 24).shape == (64, 3, 24, 24)
+    whole = build_pipeline([{"crop": 1.0}])(x, torch.Generator().manual_seed(0), 24)  # the old resize path
+    assert whole.shape == (64, 3, 24, 24) and torch.equal(
+        whole, random_affine_crop(x, 24, 1.0, 0.0, 0.0, torch.Generator().manual_seed(0)))
 
 
 def test_affine_crop_identity_and_jitter_range():
@@ -409,16 +436,17 @@ def test_normalize_and_center_crop():
 
 # ---------------------------------------------------------------- real data (when present)
 
-def test_real_cifar10_jpeg(monkeypatch, tmp_path):
-    """The shared JPEG copy: decoded once (~7 s on 2 cores, into a private cache unless the user's
+def test_real_cifar10(monkeypatch, tmp_path, shared_datasets):
+    """The shared lossless copy: decoded once (seconds on 2 cores, into a private cache unless the user's
     cache already holds it, then ~0.5 s)."""
-    if not REAL.exists():
-        pytest.skip(f"real CIFAR-10 not present at {REAL}")
+    real = shared_datasets / REAL_NAME
+    if not real.exists():
+        pytest.skip(f"real CIFAR-10 not present at {real}")
     monkeypatch.setenv("ABLATIONS_CACHE", str(REAL_CACHE_DIR))
-    if not im._cache_path(CIFAR10, "archive", REAL).exists():
+    if not im._cache_path(CIFAR10, "archive", real).exists():
         monkeypatch.setenv("ABLATIONS_CACHE", str(tmp_path / "real-cache"))
     t0 = time.time()
-    data = DATASETS.get("cifar10")(cfg_for(REAL, limit_eval=0))
+    data = load(cfg_for(real, limit_eval=0))
     assert time.time() - t0 < 60
     assert data.classes == CLASSES
     assert data.train_x.shape == (45000, 3, 32, 32) and data.test_x.shape == (10000, 3, 32, 32)

@@ -1,26 +1,42 @@
-"""Every registered model: builds, forward shape, finite output, backward reaches every trainable parameter."""
+"""Every registered model: builds from (cfg.model, DataSpec), forward shape, finite output, backward reaches
+every trainable parameter."""
+from dataclasses import fields
+
 import pytest
 import torch
 
-from ablations.config import ModelConfig
+from ablations.data.base import DataSpec
+from ablations.models.vgg import VGGConfig
 from ablations.registry import MODELS
 
+# small options for every model family; each model's own Config takes the ones it has
+SMALL = {"pretrained": False, "hidden": 16, "embed": 8, "width": 8, "dense": 16}
 
-def example_input(name: str, builder, batch: int = 2):
-    if getattr(builder, "input_kind", "image") == "tokens":
-        return torch.randint(0, 20, (batch, 12)), 20  # (B, T) token ids, vocab 20
-    pre = getattr(builder, "preprocess", None)
+
+def example_input(name: str, batch: int = 2):
+    """(input, DataSpec, outputs) for a model: token ids for language models, images otherwise (at the
+    smallest size a pretrained backbone takes: its total downsampling)."""
+    meta = MODELS.entry(name).meta
+    if meta.get("input") == "text":
+        return torch.randint(0, 20, (batch, 12)), DataSpec(vocab_size=20), 20  # (B, T) token ids, vocab 20
+    pre = meta.get("preprocess")
     side = pre.get("min_size", pre["size"]) if pre else 32
-    return torch.randn(batch, 3, side, side), 5
+    return torch.randn(batch, 3, side, side), DataSpec(classes=[f"c{i}" for i in range(5)], image_size=side), 5
+
+
+def small_config(name: str):
+    entry = MODELS.entry(name)
+    own = {f.name for f in fields(entry.Config)}
+    return entry.Config(name=name, **{k: v for k, v in SMALL.items() if k in own})
 
 
 @pytest.mark.parametrize("name", MODELS.names())
 def test_model_forward_backward(name):
     torch.manual_seed(0)
-    builder = MODELS.get(name)
-    x, n_out = example_input(name, builder)
-    cfg = ModelConfig(name=name, pretrained=False, hidden=16, embed=8, width=8, dense=16, train_stages=-1, bn="train")
-    model = builder(cfg, n_out)
+    x, spec, n_out = example_input(name)
+    model = MODELS.get(name)(small_config(name), spec)
+    # a model as its builder makes it trains everything (fine-tuning freezes parts: methods/finetune.py)
+    assert all(p.requires_grad for p in model.parameters())
     model.train()
     out = model(x)
     if isinstance(out, tuple):  # language models return (logits, state)
@@ -36,7 +52,8 @@ def test_model_forward_backward(name):
 @pytest.mark.parametrize("opts", [{}, {"dropout": 0.2, "dropout_schedule": "increasing", "batch_norm": True},
                                   {"dropout": 0.2, "batch_norm": True, "norm_order": "dropout_bn"}])
 def test_vgg_layout(blocks, opts):
-    m = MODELS.get(f"vgg{blocks}")(ModelConfig(**opts), 10)
+    spec = DataSpec(classes=[str(i) for i in range(10)], image_size=32)
+    m = MODELS.get(f"vgg{blocks}")(VGGConfig(**opts), spec)
     convs = [l for l in m.modules() if isinstance(l, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == [w for b in range(blocks) for w in (32 * 2**b,) * 2]
     drops = [l.p for l in m.modules() if isinstance(l, torch.nn.Dropout)]

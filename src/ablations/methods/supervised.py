@@ -12,7 +12,7 @@ from typing import Iterator, Optional
 
 import torch
 
-from ..config import MethodConfig, RunConfig
+from ..config import MethodConfig, RunConfig, RunRef, opt
 from ..data.augment import build_pipeline, center_crop, normalize
 from ..data.base import DataSpec, Splits
 from ..data.splits import make_splits
@@ -25,6 +25,8 @@ from .base import Method
 @dataclass(frozen=True)
 class SupervisedConfig(MethodConfig):
     """Plain supervised training on the labeled training split."""
+    init_from: RunRef = opt(RunRef(""), "another variant of the study whose final weights this run starts from "
+                            "(it runs first; same seed); empty: the model's own initialisation")
 
 
 def build_data(cfg: RunConfig, preprocess: Optional[dict]) -> Splits:
@@ -46,6 +48,8 @@ class Supervised(Method):
         d = self.data
         self.size = cfg.data.image_size or (self.pre["size"] if self.pre else d.train_x.shape[-1])
         self.model = self.build_model(entry, DataSpec(classes=list(d.classes), image_size=self.size))
+        if getattr(cfg.method, "init_from", ""):
+            self.load_weights(refs["method.init_from"])
         if rt.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.mean, self.std = self._stats()
@@ -61,6 +65,20 @@ class Supervised(Method):
 
     def build_model(self, entry, spec: DataSpec) -> torch.nn.Module:
         return entry.obj(self.cfg.model, spec).to(self.rt.device)
+
+    def load_weights(self, run_dir: Path) -> None:
+        """Start from another run's final weights (a warm start, a second training stage)."""
+        from safetensors.torch import load_file
+
+        from ..rundir import FINAL
+
+        path = Path(run_dir) / FINAL
+        try:
+            state = load_file(str(path))
+            self.model.load_state_dict(state)
+        except (OSError, RuntimeError) as e:
+            raise RunError(f"method.init_from: cannot load {path} into model {self.cfg.model.name} "
+                           f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
 
     def _stats(self) -> tuple[tuple, tuple]:
         norm = self.cfg.data.normalize
