@@ -6,13 +6,15 @@ import stat
 import pytest
 
 from ablations.cli import main
-from ablations.train import runtime as rt
+from ablations import rundir as rt
 
 
 def test_list(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "cifar10-regularization" in out and "vgg3" in out and "cifar10" in out
+    for word in ("methods: finetune, language_model, supervised, zeroshot", "augmentations:", "flip", "losses:"):
+        assert word in out
 
 
 def test_run_report_and_refuse_overwrite(tmp_path, tiny_study, capsys):
@@ -58,7 +60,11 @@ def test_resume_cli(tmp_path, tiny_study, capsys):
     (["run", "cifar10-regularisation"], ["unknown study", "did you mean", "cifar10-regularization"]),
     (["run", "STUDY", "--variant", "plian"], ["unknown variant 'plian'", "plain"]),
     (["run", "STUDY", "--preset", "fast"], ["unknown preset 'fast'"]),
-    (["run", "STUDY", "--set", "optim.lrr=0.1"], ["unknown config key 'optim.lrr'", "optim.lr"]),
+    (["run", "STUDY", "--set", "optim.lrr=0.1"], ["optim.lrr", "did you mean optim.lr"]),
+    (["run", "STUDY", "--set", "optim.lr=-1"], ["--set: optim.lr must be > 0, got -1"]),
+    (["run", "STUDY", "--set", "train.batch_size=0"], ["--set: train.batch_size must be >= 1, got 0"]),
+    (["run", "STUDY", "--set", "train.epochs=0"], ["train.epochs", "must be >= 1"]),
+    (["run", "STUDY", "--set", "model.hidden=999"], ["model vgg1 has no key 'hidden'", "lstm"]),
     (["run", "STUDY", "--set", "train.epochs=ten"], ["train.epochs", "integer"]),
     (["run", "STUDY", "--set", "model.name=vgg9"], ["unknown model 'vgg9'"]),
     (["run", "STUDY", "--set", "data.name=cifar11"], ["unknown dataset 'cifar11'"]),
@@ -76,6 +82,7 @@ def test_bad_input_one_clear_line(tmp_path, tiny_study, capsys, argv, words):
     assert err.startswith("error: ") and err.count("\n") == 1, err
     for w in words:
         assert w in err
+    assert not (tmp_path / "out").exists()  # bad input writes nothing: a rerun is not refused
 
 
 def test_missing_cifar_says_what_to_put_where(tmp_path, monkeypatch, capsys):
@@ -106,14 +113,14 @@ def test_unwritable_out_file_in_the_way(tmp_path, tiny_study, capsys):
 
 
 def test_report_from_fake_run_files(tmp_path):
-    """The report reads run files only: two seeds give mean ± std."""
-    from ablations.config import RunConfig
+    """The report reads run files only: two seeds give mean ± std; summary.csv says the same for programs."""
+    from ablations.config import make
     from ablations.report.render import write_report
 
     for seed, acc in ((0, 70.0), (1, 74.0)):
         d = tmp_path / "s" / "v1" / f"seed{seed}"
         d.mkdir(parents=True)
-        cfg = RunConfig(study="fake", variant="v1", seed=seed, target=73.0).to_dict()
+        cfg = make(study="fake", variant="v1", seed=seed, target=73.0).to_dict()
         (d / rt.CONFIG).write_text(json.dumps(cfg))
         (d / rt.METRICS).write_text("".join(json.dumps({"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e,
                                                         "train_acc": 50 + e, "val_acc": 45 + e}) + "\n"
@@ -123,12 +130,95 @@ def test_report_from_fake_run_files(tmp_path):
     md = write_report(tmp_path / "s").read_text()
     assert "| v1 | 73 | 72.00 ± 2.83 | 2 | -1.00 (within 2) | 3, 3 | 3, 3 | 90 s | cpu/bfloat16 |" in md
     assert "total wall time 3.0 min" in md
+    csv = (tmp_path / "s" / "summary.csv").read_text().splitlines()
+    assert csv == ["variant,metric,mean,std,seeds,runs,target,met,wall_time_s",
+                   "v1,test_acc,72,2.82843,2,2,73,false,90.0"]
     # --copy-to: the Markdown and its PNGs land in docs/, links rewritten
     dest = write_report(tmp_path / "s", copy_to=tmp_path / "docs" / "fake.md")
     assert dest == tmp_path / "docs" / "fake.md"
     assert "](fake-curves.png)" in dest.read_text()
     assert (tmp_path / "docs" / "fake-curves.png").stat().st_size > 1000
+    assert (tmp_path / "docs" / "fake.csv").read_text().splitlines() == csv
     # re-rendering keeps the hand-written part above the first heading and regenerates the rest
     dest.write_text("<!-- how it was made -->\n> measured here\n\n" + dest.read_text().replace("v1", "stale"))
     text = write_report(tmp_path / "s", copy_to=dest).read_text()
     assert text.startswith("<!-- how it was made -->\n> measured here\n\n# ") and "stale" not in text
+
+
+def _interrupt_after_epoch(monkeypatch, epoch):
+    real = rt.save_checkpoint
+
+    def save_then_die(path, state):
+        real(path, state)
+        if state["epoch"] == epoch:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(rt, "save_checkpoint", save_then_die)
+    return real
+
+
+def _metrics(d):
+    return [{k: v for k, v in r.items() if k not in ("epoch_time", "time", "img_per_s")}
+            for r in rt.read_metrics(d / rt.METRICS)]
+
+
+@pytest.mark.parametrize("how", ["resume", "continue"])
+def test_cli_resume_equals_uninterrupted(tmp_path, tiny_study, monkeypatch, capsys, how):
+    """`ablations resume DIR` and `run --continue` after a crash give what an uninterrupted run gives."""
+    sets = ["--set", "train.epochs=3", "--variant", "regular"]
+    assert main(["run", str(tiny_study), "--out", str(tmp_path / "full"), *sets]) == 0
+    real = _interrupt_after_epoch(monkeypatch, 2)
+    assert main(["run", str(tiny_study), "--out", str(tmp_path / "cut"), *sets]) == 130
+    monkeypatch.setattr(rt, "save_checkpoint", real)
+    cut = tmp_path / "cut" / "tiny" / "smoke" / "regular" / "seed0"
+    full = tmp_path / "full" / "tiny" / "smoke" / "regular" / "seed0"
+    assert not (cut / rt.RESULT).exists()
+    if how == "resume":
+        assert main(["resume", str(cut)]) == 0
+    else:
+        assert main(["run", str(tiny_study), "--out", str(tmp_path / "cut"), "--continue", *sets]) == 0
+    assert _metrics(cut) == _metrics(full)
+    assert (cut / rt.FINAL).read_bytes() == (full / rt.FINAL).read_bytes()
+    assert rt.read_json(cut / rt.RESULT)["test_acc"] == rt.read_json(full / rt.RESULT)["test_acc"]
+    assert len(rt.Run.read(cut).invocations) == 2
+
+
+@pytest.mark.parametrize("damage", [b"", b"garbage, not a checkpoint", "half"])
+def test_corrupt_checkpoint_one_line_nothing_touched(tmp_path, tiny_study, monkeypatch, capsys, damage):
+    _interrupt_after_epoch(monkeypatch, 1)
+    assert main(["run", str(tiny_study), "--out", str(tmp_path / "o"), "--variant", "plain"]) == 130
+    d = tmp_path / "o" / "tiny" / "smoke" / "plain" / "seed0"
+    ck = d / rt.CHECKPOINT
+    ck.write_bytes(ck.read_bytes()[: len(ck.read_bytes()) // 2] if damage == "half" else damage)
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
+    capsys.readouterr()
+    assert main(["resume", str(d)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and str(ck) in err, err
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == before
+
+
+def test_second_process_on_the_same_run_refuses(tmp_path, tiny_study, capsys):
+    """A live lock (another process) on a run dir: one line naming the holder; its files untouched."""
+    import subprocess
+    import sys
+
+    d = tmp_path / "o" / "tiny" / "smoke" / "plain" / "seed0"
+    d.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        import socket
+        import time
+
+        (d / rt.LOCK).write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
+                                             "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "token": "x"}))
+        assert main(["run", str(tiny_study), "--out", str(tmp_path / "o"), "--variant", "plain"]) == 2
+        err = capsys.readouterr().err
+        assert f"in use by process {holder.pid}" in err and err.count("\n") == 1
+        assert sorted(p.name for p in d.iterdir()) == [rt.LOCK]
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is dead now: its stale lock is taken over and the run goes through
+    assert main(["run", str(tiny_study), "--out", str(tmp_path / "o"), "--variant", "plain"]) == 0
+    assert (d / rt.RESULT).exists() and not (d / rt.LOCK).exists()

@@ -31,7 +31,7 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool = False, refs: Optional[dict
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise RunError(f"cannot create output dir {run_dir}: {e.strerror or e}") from None
+        raise RunError(f"cannot write to output dir {run_dir}: {e.strerror or e}") from None
     for key, d in (refs or {}).items():
         if not (d / rd.RESULT).exists():
             raise RunError(f"{key} needs the finished run {d}, which has no {rd.RESULT}; run that variant first")
@@ -43,9 +43,9 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool = False, refs: Optional[dict
             rd.write_json(run_dir / rd.CONFIG, cfg.to_dict())
             rd.write_json(run_dir / rd.ENV, {**runtime.environment(rt), **method.env()})
             method.write_inputs()
-        done, first_epoch = False, 0
+        done, began = False, {}  # began: set once training starts (a refused resume writes no record)
         try:
-            result, first_epoch = _train(method, cfg, rt, run_dir, resume)
+            result = _train(method, cfg, rt, run_dir, resume, began)
             result.update(method.finish(result))
             result["wall_time"] = time.time() - t_start  # this invocation; Run.wall_time sums them all
             result["resumed"] = resume
@@ -54,13 +54,14 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool = False, refs: Optional[dict
             rd.write_json(run_dir / rd.RESULT, result)  # written last: its presence marks a finished run
             done = True
         finally:
-            rd.record_invocation(run_dir, {"started": started, "wall_time": time.time() - t_start,
-                                           "resumed_from_epoch": first_epoch - 1 if resume else None,
-                                           "finished": done})
+            if began:
+                rd.record_invocation(run_dir, {"started": started, "wall_time": time.time() - t_start,
+                                               "resumed_from_epoch": began["epoch"] - 1 if resume else None,
+                                               "finished": done})
     return result
 
 
-def _train(method, cfg: RunConfig, rt: runtime.Runtime, run_dir: Path, resume: bool) -> tuple[dict, int]:
+def _train(method, cfg: RunConfig, rt: runtime.Runtime, run_dir: Path, resume: bool, began: dict) -> dict:
     tc = cfg.train
     log = rd.MetricsLog(run_dir / rd.METRICS)
     key, goal = method.best
@@ -68,12 +69,13 @@ def _train(method, cfg: RunConfig, rt: runtime.Runtime, run_dir: Path, resume: b
     base = {"steps": 0, "params": runtime.count_params(method.model), "device": str(rt.device),
             "precision": rt.precision}
     if not method.trains:  # evaluation only: one record, epoch 0
+        began["epoch"] = 1
         t0 = time.time()
         rec = {"epoch": 0, "step": 0, **method.evaluate("val")}
         rec.update(epoch_time=time.time() - t0, time=time.time() - t0)
         log.append(rec)
         return {"epochs": 0, **base, "best_epoch": 0, f"best_{key}": rec.get(key), "trainable_params": 0,
-                **{k: v for k, v in rec.items() if k.startswith("val_")}, "train_time": 0.0}, 1
+                **{k: v for k, v in rec.items() if k.startswith("val_")}, "train_time": 0.0}
     net = method.trainable()
     opt = build_optimizer(cfg.optim, net)
     # fp16 autocast (CUDA without bf16) needs loss scaling; bf16 and fp32 do not
@@ -91,6 +93,7 @@ def _train(method, cfg: RunConfig, rt: runtime.Runtime, run_dir: Path, resume: b
         runtime.set_rng_state(ck["rng"])
         log.truncate_after(ck["epoch"])
         start_epoch, step, best = ck["epoch"] + 1, ck["step"], ck["best"]
+    began["epoch"] = start_epoch
     elapsed = sum(r.get("epoch_time", 0.0) for r in log.read())
     lr = cfg.optim.lr
     for epoch in range(start_epoch, tc.epochs + 1):
@@ -143,4 +146,4 @@ def _train(method, cfg: RunConfig, rt: runtime.Runtime, run_dir: Path, resume: b
               "trainable_params": runtime.count_params(net, trainable_only=True),
               **{k: v for k, v in last.items() if k.startswith(("train_", "val_")) or k.endswith("_per_s")},
               "train_time": elapsed}  # seconds in epochs (train + val), summed over resumes
-    return result, start_epoch
+    return result

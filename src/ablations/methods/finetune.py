@@ -29,7 +29,7 @@ class FinetuneConfig(SupervisedConfig):
         "and train the head on them (equal to training through the frozen backbone, minutes faster)")
 
     def check(self) -> None:
-        if self.bn == "only" and self.train_stages not in (0, -1):
+        if self.bn == "only" and self.train_stages != 0:
             raise FieldError("bn", "bn=only trains the BN parameters of every stage (and nothing else in the "
                              f"backbone); leave method.train_stages at 0, got {self.train_stages}")
 

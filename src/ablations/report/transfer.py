@@ -61,7 +61,7 @@ class _Run:
 
     @property
     def zero_shot(self) -> bool:
-        return bool((self.result or {}).get("zero_shot")) or self.config.get("task") == "zeroshot"
+        return bool((self.result or {}).get("zero_shot"))
 
 
 def display_names(classes: list[str]) -> list[str]:
@@ -276,10 +276,10 @@ def transfer_report(run_list: list, out_dir: Path) -> str:
     # -- caveats that change how a number reads
     notes = []
     folded = sorted({r.model for r in done if (r.result or {}).get("bn_folded")})
-    if any(r.model == "mobilenet_v2" and r.config.get("model", {}).get("bn") == "train"
-           and r.config.get("model", {}).get("train_stages", 0) != 0 for r in done):
+    if any(r.model == "mobilenet_v2" and r.config.get("method", {}).get("bn") == "train"
+           and r.config.get("method", {}).get("train_stages", 0) != 0 for r in done):
         notes.append("MobileNetV2's offline weights went through int8 and have batch norm folded into the "
-                     "convolutions (identity BN statistics), so `model.bn=train` re-normalises activations the "
+                     "convolutions (identity BN statistics), so `method.bn=train` re-normalises activations the "
                      "network never saw normalised; compare BN modes on EfficientNet-Lite.")
     if folded:
         notes.append(f"Runs flagged bn_folded: {', '.join(folded)}.")
