@@ -52,6 +52,24 @@ def _config_changes(stored: dict, now: dict) -> list[str]:
             for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
 
 
+def _check_applicable(cfgs) -> None:
+    """Variants that cannot run on the data at hand (a dataset's cheap `applicable` check), named before
+    any run starts, with the variants that can."""
+    from .registry import DATASETS
+
+    bad: dict[str, str] = {}
+    for cfg in cfgs:
+        check = DATASETS.entry(cfg.data.name).meta.get("applicable")
+        why = check(cfg.data) if check else None
+        if why:
+            bad.setdefault(cfg.variant, why)
+    if bad:
+        ok = [v for v in dict.fromkeys(c.variant for c in cfgs) if v not in bad]
+        reasons = "; ".join(dict.fromkeys(bad.values()))
+        raise ConfigError(f"variant(s) {', '.join(bad)} cannot run here: {reasons}. Variants that can: "
+                          f"{', '.join(ok) or '(none)'} (choose them with --variant)")
+
+
 def cmd_run(args) -> int:
     from . import rundir as rd
     from .loop import run
@@ -60,6 +78,7 @@ def cmd_run(args) -> int:
 
     study = get_study(args.study)
     cfgs = study.resolve(args.preset, args.variant, args.seeds, _parse_sets(args.set))
+    _check_applicable(cfgs)
     out = Path(args.out)
     plan = []
     for cfg in cfgs:  # decide every run's fate before the first starts: nothing is half-overwritten

@@ -228,7 +228,32 @@ def _check_labels(cfg: TransferDataConfig, allowed: tuple[str, ...]) -> str:
 
 # ---------------------------------------------------------------- datasets
 
-@DATASETS.register("imagefolder", TransferDataConfig, input="images")
+def folder_classes(path: Optional[str]) -> Optional[list[str]]:
+    """The class folders of an image-folder copy on disk (cheap: a directory listing; None for archives
+    and anything else, which only decoding can tell)."""
+    if not path:
+        return None
+    p = Path(path).expanduser()
+    if not p.is_dir() or _is_pets(p):
+        return None
+    for root in (p, *sorted(q for q in p.iterdir() if q.is_dir())):
+        train = root / "train"
+        if train.is_dir():
+            return sorted(c.name for c in train.iterdir() if c.is_dir() and not c.name.startswith("."))
+    return None
+
+
+def binary_applicable(cfg: TransferDataConfig) -> Optional[str]:
+    """Why this config cannot run on its data (None: it can, or only decoding can tell): cat/dog labels
+    need Pets' species column or a folder with exactly two classes."""
+    classes = folder_classes(cfg.path)
+    if cfg.labels == "binary" and classes is not None and len(classes) != 2:
+        return (f"data.labels=binary needs Pets' species column or a folder of exactly 2 classes; {cfg.path} is an "
+                f"image folder of {len(classes)} classes")
+    return None
+
+
+@DATASETS.register("imagefolder", TransferDataConfig, input="images", applicable=binary_applicable)
 def imagefolder(cfg: TransferDataConfig, preprocess: Optional[dict] = None) -> RawData:
     """Any image folder or archive: data.path = DIR or .tar.gz holding {train, val|test}/<class>/*.
     With both val/ and test/, each is used as is; with one of them, it is the test split and
@@ -378,9 +403,9 @@ def decode_pets(root: Path, side: int, interpolation: str) -> dict:
     for rows in lists.values():
         for name, cid, _ in rows:
             breeds.setdefault(cid, name.rsplit("_", 1)[0])
+    # the breeds that are there (a partial copy may hold 3 of the 37, ids 5, 12, 30): labels 0..k-1 in id order
     ids = sorted(breeds)
-    if ids != list(range(1, len(ids) + 1)):
-        raise DataError(f"{root}/annotations: class ids are not 1..{len(ids)}")
+    index = {cid: k for k, cid in enumerate(ids)}
     out: dict = {"classes": [breeds[i] for i in ids], "splits": {}, "source": str(root.resolve())}
     for split, rows in lists.items():
         def items():
@@ -393,13 +418,13 @@ def decode_pets(root: Path, side: int, interpolation: str) -> dict:
         _, x = decode_all(items(), side, interpolation, str(root))
         out["splits"]["train" if split == "trainval" else "test"] = {
             "x": x,
-            "y": torch.tensor([cid - 1 for _, cid, _ in rows], dtype=torch.int64),
+            "y": torch.tensor([index[cid] for _, cid, _ in rows], dtype=torch.int64),
             "species": torch.tensor([sp - 1 for _, _, sp in rows], dtype=torch.int64),  # 0 cat, 1 dog
         }
     return out
 
 
-@DATASETS.register("pets", TransferDataConfig, input="images")
+@DATASETS.register("pets", TransferDataConfig, input="images", applicable=binary_applicable)
 def pets(cfg: TransferDataConfig, preprocess: Optional[dict] = None) -> RawData:
     """Oxford-IIIT Pets, official trainval/test split (validation carved from trainval, seeded).
     data.labels: 'breed' (37 classes; also 'default') or 'binary' (cat/dog, from the species column).
