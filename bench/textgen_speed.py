@@ -5,18 +5,18 @@ validation split of tiny-shakespeare (with the `full` preset's recipe).
     python bench/textgen_speed.py                      # both parts, 2 threads (~10-20 min on an idle machine)
     python bench/textgen_speed.py --throughput-only    # seconds per model
     python bench/textgen_speed.py --threads 1 --variants lstm2 rnn
+    python bench/textgen_speed.py --smoke              # seconds: the `smoke` preset, a temp --out
 
-Writes bench/results/textgen_speed.json and .md (machine, threads, load average, numbers). Needs
-tiny-shakespeare: $ABLATIONS_DATA or ../shared/datasets (or it downloads when online). Never run by tests.
+Writes bench/results/textgen_speed.json and .md (machine, CPU model and flags, threads, load average,
+numbers). Needs tiny-shakespeare: $ABLATIONS_DATA or ../shared/datasets (or it downloads when online).
+Never run by tests.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -29,16 +29,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 SHARED = ROOT.parent / "shared" / "datasets"
 
+from ablations import loop  # noqa: E402
+from ablations import rundir as rd  # noqa: E402
+from ablations import runtime as rt  # noqa: E402
+from ablations.data.base import DataSpec  # noqa: E402
 from ablations.data.text import batch_at, sample_offsets  # noqa: E402
-from ablations.registry import DATASETS, MODELS  # noqa: E402
+from ablations.methods.language_model import LanguageModel  # noqa: E402
+from ablations.registry import DATASETS, METHODS, MODELS  # noqa: E402
 from ablations.study import get_study  # noqa: E402
-from ablations.train import runtime as rt  # noqa: E402
 
 
 def throughput(cfg, data, dtype, steps: int, warmup: int = 3) -> float:
     """Training chars/s of cfg's model: forward, backward and AdamW step on real batches."""
     torch.manual_seed(0)
-    model = MODELS.get(cfg.model.name)(cfg.model, len(data.vocab)).train()
+    model = MODELS.get(cfg.model.name)(cfg.model, DataSpec(vocab_size=len(data.vocab))).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     B, T = cfg.train.batch_size, cfg.data.seq_len
     offs = sample_offsets(len(data.train), T, B, steps + warmup, torch.Generator().manual_seed(0))
@@ -61,31 +65,51 @@ class Reached(Exception):
     pass
 
 
-def time_to_target(cfg, target: float, eval_every: int, max_minutes: float) -> dict:
+@METHODS.register("bench_language_model")
+class StopAtTarget(LanguageModel):
+    """The language_model method, stopped (by raising Reached out of loop.run) at the start of the first
+    epoch after one whose record in metrics.jsonl has val_loss <= target or time > max_seconds: the loop
+    has no per-epoch callback, and Method.start_epoch is the one hook it calls between epochs."""
+    target = 0.0
+    max_seconds = math.inf
+
+    def start_epoch(self, epoch: int) -> None:
+        records = rd.read_metrics(self.run_dir / rd.METRICS)
+        if records:
+            _show(records[-1])
+            if records[-1]["val_loss"] <= self.target or records[-1]["time"] > self.max_seconds:
+                raise Reached
+        super().start_epoch(epoch)
+
+
+def _show(rec: dict) -> None:
+    print(f"  step {rec['step']}: val {rec['val_loss']:.3f} nats/char after {rec['time']:.0f} s", flush=True)
+
+
+def time_to_target(study, preset: str, variant: str, threads: int, target: float, eval_every: int,
+                   max_minutes: float) -> dict:
     """Run the language loop with validation every `eval_every` steps (the schedule keeps the full run's
     shape: same total steps and warm-up) until val_loss <= target or max_minutes of training."""
-    from ablations.train.language import fit
-
-    spe_full = cfg.train.steps_per_epoch or max(1, (len(DATASETS.get(cfg.data.name)(cfg).train) - 1)
+    sets = {"train.threads": threads}
+    cfg = study.resolve(preset, [variant], seeds=1, sets=sets)[-1]
+    spe_full = cfg.train.steps_per_epoch or max(1, (len(DATASETS.get(cfg.data.name)(cfg.data).train) - 1)
                                                 // (cfg.train.batch_size * cfg.data.seq_len))
     total = spe_full * cfg.train.epochs
-    cfg = dataclasses.replace(
-        cfg, train=dataclasses.replace(cfg.train, steps_per_epoch=eval_every, epochs=math.ceil(total / eval_every)),
-        optim=dataclasses.replace(cfg.optim, warmup=cfg.optim.warmup * spe_full / eval_every),
-        extra={**cfg.extra, "sampling": {"length": 10, "temperature": [], "top_p": [], "beam": [1]}})
-    curve = []
-
-    def check(rec: dict) -> None:
-        curve.append({k: rec[k] for k in ("step", "val_loss", "time", "tokens_per_s")})
-        print(f"  step {rec['step']}: val {rec['val_loss']:.3f} nats/char after {rec['time']:.0f} s", flush=True)
-        if rec["val_loss"] <= target or rec["time"] > max_minutes * 60:
-            raise Reached
-
+    cfg = study.resolve(preset, [variant], seeds=1, sets={
+        **sets, "method.name": "bench_language_model",
+        "train.steps_per_epoch": eval_every, "train.epochs": math.ceil(total / eval_every),
+        "optim.warmup": cfg.optim.warmup * spe_full / eval_every,
+        "method.sampling": {"length": 10, "temperature": [], "top_p": [], "beam": [1]}})[-1]
+    StopAtTarget.target, StopAtTarget.max_seconds = target, max_minutes * 60
     with tempfile.TemporaryDirectory() as d:
         try:
-            fit(cfg, Path(d), on_epoch=check)
+            loop.run(cfg, Path(d))
         except Reached:
             pass
+        curve = [{k: rec[k] for k in ("step", "val_loss", "time", "tokens_per_s")}
+                 for rec in rd.read_metrics(Path(d) / rd.METRICS) if "val_loss" in rec]
+    if curve and curve[-1]["step"] == cfg.train.epochs * eval_every:  # the last epoch: no start_epoch after it
+        _show(curve[-1])
     hit = next((c for c in curve if c["val_loss"] <= target), None)
     chars = cfg.train.batch_size * cfg.data.seq_len
     upto = [c for c in curve if hit and c["step"] <= hit["step"]]
@@ -103,21 +127,33 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--variants", nargs="*", default=["rnn", "gru", "lstm1", "lstm2", "lstm-h128", "lstm-h256",
                                                       "lstm3-reg"])
-    p.add_argument("--steps", type=int, default=15, help="timed steps per throughput measurement")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per throughput measurement (default 15)")
     p.add_argument("--throughput-only", action="store_true")
     p.add_argument("--target", type=float, default=1.6, help="nats/char on the validation split")
     p.add_argument("--target-variant", default="lstm2")
-    p.add_argument("--eval-every", type=int, default=25, help="steps between validations (time-to-target)")
-    p.add_argument("--max-minutes", type=float, default=25.0)
-    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "textgen_speed.json"))
+    p.add_argument("--eval-every", type=int, default=None,
+                   help="steps between validations (time-to-target; default 25)")
+    p.add_argument("--max-minutes", type=float, default=None, help="default 25")
+    p.add_argument("--preset", default=None, help="the study preset whose recipe runs (default full)")
+    p.add_argument("--smoke", action="store_true",
+                   help="check that the script works in seconds: the smoke preset (tiny models), 2 timed "
+                        "steps, validation every 2 steps, at most 1 minute; writes to a temp dir unless --out")
+    p.add_argument("--out", default=None, help="default: bench/results/textgen_speed.json (--smoke: a temp dir)")
     args = p.parse_args()
+    for k, full, smoke in (("steps", 15, 2), ("eval_every", 25, 2), ("max_minutes", 25.0, 1.0),
+                           ("preset", "full", "smoke")):
+        if getattr(args, k) is None:
+            setattr(args, k, smoke if args.smoke else full)
+    if args.out is None:
+        args.out = str(Path(tempfile.mkdtemp(prefix="textgen_speed_")) / "textgen_speed.json" if args.smoke
+                       else ROOT / "bench" / "results" / "textgen_speed.json")
     if not os.environ.get("ABLATIONS_DATA") and (SHARED / "README.md").exists():
         os.environ["ABLATIONS_DATA"] = str(SHARED)
     torch.set_num_threads(args.threads)
     study = get_study("textgen-shakespeare")
-    cfgs = {c.variant: c for c in study.resolve("full", args.variants + [args.target_variant])}
-    cfgs = {k: dataclasses.replace(c, train=dataclasses.replace(c.train, threads=args.threads)) for k, c in cfgs.items()}
-    data = DATASETS.get("tinyshakespeare")(next(iter(cfgs.values())))
+    cfgs = {c.variant: c for c in study.resolve(args.preset, args.variants + [args.target_variant], seeds=1,
+                                                sets={"train.threads": args.threads})}
+    data = DATASETS.get("tinyshakespeare")(next(iter(cfgs.values())).data)
     load0 = os.getloadavg()[0]
     rows = []
     for v in args.variants:
@@ -131,17 +167,17 @@ def main() -> int:
             row[f"{name}_s_per_million_chars"] = round(1e6 / cps, 1)
         rows.append(row)
         print(row, flush=True)
-    result = {"machine": {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+    result = {"machine": {"cpu": rt.cpu_model(), "cpu_flags": rt.cpu_flags(), "cpu_count": os.cpu_count(),
                           "bf16": rt.cpu_has_bf16(), "torch": torch.__version__, "threads": args.threads,
                           "load_average_at_start": round(load0, 2), "load_average_at_end": None},
               "batch": {"batch_size": cfgs[args.variants[0]].train.batch_size,
                         "seq_len": cfgs[args.variants[0]].data.seq_len},
               "throughput": rows, "date": time.strftime("%Y-%m-%d %H:%M")}
     if not args.throughput_only:
-        print(f"time to {args.target} nats/char ({args.target_variant}, full recipe):", flush=True)
+        print(f"time to {args.target} nats/char ({args.target_variant}, {args.preset} recipe):", flush=True)
         result["time_to_target"] = {"variant": args.target_variant,
-                                    **time_to_target(cfgs[args.target_variant], args.target, args.eval_every,
-                                                     args.max_minutes)}
+                                    **time_to_target(study, args.preset, args.target_variant, args.threads,
+                                                     args.target, args.eval_every, args.max_minutes)}
     result["machine"]["load_average_at_end"] = round(os.getloadavg()[0], 2)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

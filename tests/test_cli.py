@@ -12,9 +12,18 @@ from ablations import rundir as rt
 def test_list(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    assert "cifar10-regularization" in out and "vgg3" in out and "cifar10" in out
-    for word in ("methods: finetune, language_model, supervised, zeroshot", "augmentations:", "flip", "losses:"):
-        assert word in out
+    from ablations.registry import AUGS, DATASETS, LOSSES, MODELS, SECTIONS
+    from ablations.study import STUDIES
+
+    lines = out.splitlines()
+    assert [ln.split()[0] for ln in lines if ln.startswith("  ") and ln.split()[0] in STUDIES.names()] \
+        == STUDIES.names() and "cifar10-regularization" in STUDIES.names()
+    assert "methods: finetune, language_model, supervised, zeroshot" in lines
+    for title, reg in (("models", MODELS), ("datasets", DATASETS), ("losses", LOSSES), ("augmentations", AUGS),
+                       ("report sections", SECTIONS)):
+        assert f"{title}: {', '.join(reg.names())}" in lines, title
+    assert {"vgg3", "cifar10", "flip", "ce"} <= set(MODELS.names()) | set(DATASETS.names()) | set(AUGS.names()) \
+        | set(LOSSES.names())
 
 
 def test_run_report_and_refuse_overwrite(tmp_path, tiny_study, capsys):

@@ -59,8 +59,9 @@ def test_roundtrip_through_dict():
 
 
 def test_zero_epochs_allowed_only_for_methods_that_train_nothing():
-    cfg = make({"method.name": "zeroshot", "model.name": "mobilenet_v2", "train.epochs": 0})
-    assert cfg.train.epochs == 0
+    make({"method.name": "zeroshot", "model.name": "mobilenet_v2", "train.epochs": 0})  # raises if refused
+    with pytest.raises(ConfigError, match=r"train\.epochs: must be >= 1 \(method finetune trains\), got 0"):
+        make({"method.name": "finetune", "model.name": "mobilenet_v2", "train.epochs": 0})
 
 
 @pytest.mark.parametrize("name", STUDIES.names())

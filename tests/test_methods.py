@@ -166,7 +166,11 @@ variants:
     assert main(["run", str(study), "--variant", "second", "--out", str(out)]) == 0  # pulls in `first`
     first, second = out / "two/smoke/first/seed0", out / "two/smoke/second/seed0"
     assert (first / rd.RESULT).exists() and (second / rd.RESULT).exists()
-    assert rd.read_json(first / rd.RESULT)["wall_time"] >= 0
+    # the referenced variant ran with its own settings (not the referring run's), the same seed
+    c1, c2 = rd.read_json(first / rd.CONFIG), rd.read_json(second / rd.CONFIG)
+    assert (c1["variant"], c1["method"]["init_from"], c1["optim"]["lr"]) == ("first", "", 0.05)
+    assert (c2["variant"], c2["method"]["init_from"], c2["optim"]["lr"]) == ("second", "first", 0.0001)
+    assert c1["seed"] == c2["seed"]
     inv_first, inv_second = rd.Run.read(first).invocations[0], rd.Run.read(second).invocations[0]
     assert inv_first["started"] <= inv_second["started"]
     # tiny lr: the second run stays next to the weights it started from, far from a fresh init

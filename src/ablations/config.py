@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import re
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
@@ -219,7 +220,7 @@ def merge(tree: dict, layer: Optional[dict], source: str, origins: dict[str, str
 # ---------------------------------------------------------------- typing
 
 def _origin(origins: dict[str, str], key: str) -> str:
-    parts = key.split(".")
+    parts = re.sub(r"\[\d+\]", "", key).split(".")  # data.aug.train[0].pad -> the layer that set data.aug.train
     for i in range(len(parts), 0, -1):
         k = ".".join(parts[:i])
         if k in origins:
@@ -294,17 +295,19 @@ def _check_range(f: dataclasses.Field, value: Any, where: str) -> None:
             raise ConfigError(f"{where} must be {word} {bound:g}, got {value!r}")
 
 
-def _other_owners(section: str, key: str, name: str) -> list[str]:
+def _other_owners(section: str, key: str, name: str, registry: Any = None) -> list[str]:
     """Entries of the section's registry (other than `name`) whose config has `key`."""
     out = []
-    for e in _registry(section).entries():
+    for e in (registry or _registry(section)).entries():
         if e.name != name and e.Config is not None and key in {f.name for f in fields(e.Config)}:
             out.append(e.name)
     return out
 
 
-def type_section(section: str, raw: Any, cls: type, origins: dict[str, str], entry: str = "") -> Any:
-    """Type one section's plain dict against `cls` (a frozen dataclass)."""
+def type_section(section: str, raw: Any, cls: type, origins: dict[str, str], entry: str = "",
+                 registry: Any = None) -> Any:
+    """Type one section's plain dict against `cls` (a frozen dataclass). `registry`: where to look for the
+    other entries that have an unknown key (default: the section's own registry, for data/model/method/loss)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{_origin(origins, section)}: {section}: expected a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
@@ -319,10 +322,11 @@ def type_section(section: str, raw: Any, cls: type, origins: dict[str, str], ent
             msg = f"{_origin(origins, f'{section}.{key}')}: {section}.{key}: {what} has no key {key!r}"
             if close:
                 msg += f" (did you mean {section}.{close[0]}?)"
-            elif entry and section in _TYPED:
-                owners = _other_owners(section, key, entry)
+            elif registry is not None or (entry and section in _TYPED):
+                owners = _other_owners(section, key, entry or str(raw.get("name", "")), registry)
                 if owners:
-                    msg += f" (it is a key of {section} {', '.join(owners[:4])})"
+                    kind = section if section in _TYPED else registry.kind
+                    msg += f" (it is a key of {kind} {', '.join(owners[:4])})"
             raise ConfigError(f"{msg}; its keys: {', '.join(keys) or '(none)'}")
         v = _coerce(value, hints[key], where)
         _check_range(by_name[key], v, where)

@@ -427,7 +427,7 @@ def _parse_item(item: Any) -> AugConfig:
         raw = {own[0].name: value}
     raw["name"] = entry.name
     try:
-        return type_section(name, raw, cls, {"": _MARK}, "")
+        return type_section(name, raw, cls, {"": _MARK}, "", registry=AUGS)
     except ConfigError as e:
         msg = str(e)
         raise ConfigError(msg[len(_MARK) + 2:] if msg.startswith(_MARK + ": ") else msg) from None

@@ -16,6 +16,7 @@ from .base import ImageDataConfig, RawData
 
 @dataclass(frozen=True)
 class SyntheticConfig(ImageDataConfig):
+    """A learnable toy problem made on the fly: one low-frequency colour pattern per class plus noise."""
     n_train: int = opt(2000, "training images made (validation is carved from them)", ge=2)
     n_test: int = opt(500, "test images made", ge=1)
     n_classes: int = opt(10, "classes", ge=2)
@@ -26,6 +27,7 @@ class SyntheticConfig(ImageDataConfig):
 
 @DATASETS.register("synthetic", SyntheticConfig, input="images")
 def synthetic(cfg: SyntheticConfig, preprocess: Optional[dict] = None) -> RawData:
+    """n_train + n_test images of n_classes patterns (the same for every run seed: data_seed)."""
     g = torch.Generator().manual_seed(cfg.data_seed)
     protos = F.interpolate(torch.rand(cfg.n_classes, 3, 4, 4, generator=g), size=(cfg.side, cfg.side),
                            mode="bilinear", align_corners=False)  # (K, 3, side, side) in [0,1]

@@ -18,6 +18,7 @@ from .supervised import Supervised, SupervisedConfig
 
 @dataclass(frozen=True)
 class FinetuneConfig(SupervisedConfig):
+    """Which backbone stages train and when, what batch norm does, whether features are cached."""
     train_stages: int = opt(0, "backbone stages trained, counted from the top (0: head only, -1: all)", ge=-1)
     unfreeze_every: int = opt(0, "epochs between unfreezing one more of those stages (gradual); 0: all at once",
                               ge=0)
@@ -36,6 +37,7 @@ class FinetuneConfig(SupervisedConfig):
 
 @METHODS.register("finetune")
 class Finetune(Supervised):
+    """Supervised training of a pretrained backbone with freezing, gradual unfreezing and cached features."""
     Config = FinetuneConfig
     report_sections = ("results", "curves", "transfer")
 

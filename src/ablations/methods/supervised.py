@@ -49,6 +49,9 @@ class Supervised(Method):
         self.size = cfg.data.image_size or (self.pre["size"] if self.pre else d.train_x.shape[-1])
         self.model = self.build_model(entry, DataSpec(classes=list(d.classes), image_size=self.size))
         if getattr(cfg.method, "init_from", ""):
+            if "method.init_from" not in refs:
+                raise RunError(f"method.init_from={cfg.method.init_from!r} names a run this call was not given "
+                               "(run the study, which passes it, or loop.run(..., refs={'method.init_from': DIR}))")
             self.load_weights(refs["method.init_from"])
         if rt.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)

@@ -40,6 +40,7 @@ def _cell(text: str, n: int) -> str:
 
 @SECTIONS.register("samples")
 def render(run_list: list, out_dir: Path) -> str:
+    """Language models: losses and text-quality metrics per variant, the sampling table, samples side by side."""
     run_dirs = [r.dir for r in run_list]
     runs = [r for r in (_load(Path(d)) for d in run_dirs) if r is not None]
     if not runs:
