@@ -466,3 +466,20 @@ def test_pil_fallback_decodes_the_same():
              for i, (e, f) in enumerate([("png", "PNG"), ("jpg", "JPEG"), ("jpg", "JPEG")])]
     assert torch.equal(im._decode_pil(items, "x"), im._decode_chunk(items, "x"))
     assert torch.equal(im._decode_chunk(items[1:], "x"), im._decode_pil(items[1:], "x"))  # batched JPEG path
+
+
+def test_real_cifar100_says_its_split_is_not_official(monkeypatch, tmp_path, shared_datasets):
+    """The shared CIFAR-100 copy (WebP q90, seeded 500/100 re-split): 100 classes, 500/100 per class, and the
+    test split's description says it is not the official one (every report prints it)."""
+    real = shared_datasets / "cifar100-webp90.tar.gz"
+    if not real.exists():
+        pytest.skip(f"real CIFAR-100 not present at {real}")
+    monkeypatch.setenv("ABLATIONS_CACHE", str(REAL_CACHE_DIR))
+    if not im._cache_path(im.CIFAR100, "archive", real).exists():
+        monkeypatch.setenv("ABLATIONS_CACHE", str(tmp_path / "real-cache"))
+    cfg = make({"data": {"name": "cifar100", "path": str(real)}})
+    data = load(cfg)
+    assert len(data.classes) == 100 and data.classes[:3] == ["apple", "aquarium_fish", "baby"]
+    assert torch.bincount(data.test_y).tolist() == [100] * 100
+    assert torch.bincount(torch.cat([data.train_y, data.val_y])).tolist() == [500] * 100
+    assert "NOT the official CIFAR-100 split" in data.splits["test"]

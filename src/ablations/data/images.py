@@ -388,8 +388,11 @@ def _builder(spec: CifarSpec):
         # images stay 32 px: 60k images stored at 224 px would take 9 GB, so upsampling happens per
         # batch (center_crop / the augmentation pipeline) instead.
         d = load_cifar(spec, cfg.path)
+        # the offline CIFAR-100 copy pools the official splits and re-splits them: every report must say so
+        test_name = ("seeded 100-per-class test (NOT the official CIFAR-100 split; WebP q90 pixels)"
+                     if "webp90" in Path(d["source"]).name else "official test")
         return RawData(d["train_x"], d["train_y"], d["test_x"], d["test_y"], list(d["classes"]), d["source"],
-                       spec.title)
+                       spec.title, test_name=test_name)
 
     build.__name__ = f"build_{spec.name}"
     build.__doc__ = f"{spec.title}: 32x32 colour images, {spec.n_classes} classes"
