@@ -163,3 +163,19 @@ def test_step_and_restarts():
     # restarts at steps 10, 30 (cycles of 10, 20): back to the peak
     assert lr_factor(10, 100, 10, r) == pytest.approx(1.0) and lr_factor(30, 100, 10, r) == pytest.approx(1.0)
     assert lr_factor(9, 100, 10, r) < 0.05
+
+
+def test_study_sections_are_checked_and_rendered(tmp_path, tiny_study):
+    from ablations.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(tiny_study.read_text() + "sections: [transfr]\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: sections: unknown report section 'transfr' \(did you mean "
+                                          r"'transfer'\?\)"):
+        get_study(str(bad))
+    good = tmp_path / "good.yaml"
+    good.write_text(tiny_study.read_text() + "sections: [transfer]\n")
+    assert get_study(str(good)).sections == ("transfer",)
+    assert main(["run", str(good), "--out", str(tmp_path / "o"), "--variant", "plain"]) == 0
+    md = (tmp_path / "o" / "tiny" / "smoke" / "report.md").read_text()
+    assert "## Transfer learning" in md  # the study asked for it; its method (supervised) does not

@@ -70,6 +70,13 @@ def _check_applicable(cfgs) -> None:
                           f"{', '.join(ok) or '(none)'} (choose them with --variant)")
 
 
+def _study_record(rd, sdir: Path, record: dict) -> None:
+    try:
+        rd.write_study_record(sdir, record)
+    except OSError as e:
+        raise RunError(f"cannot write to output dir {sdir}: {e.strerror or e}") from None
+
+
 def cmd_run(args) -> int:
     from . import rundir as rd
     from .loop import run
@@ -102,6 +109,10 @@ def cmd_run(args) -> int:
             raise RunError(f"{d} holds an unfinished run; `ablations resume {d}`, --continue or --overwrite")
         plan.append((cfg, d, resume))
     t0 = time.time()
+    _study_record(rd, study_dir_for(out, study.name, cfgs[0].preset), {
+        "name": study.name, "title": study.title, "description": study.description, "notes": study.notes,
+        "file": str(study.path), "variants": list(study.variants), "sections": list(study.sections),
+        "metric": study.metric, "goal": study.goal})
     for cfg, d, resume in plan:  # resolve() put every referenced run before the runs that need it
         res = run(cfg, d, resume=resume, refs=ref_dirs(out, cfg), overwrite=not resume)
         print(_line(cfg, res, d), flush=True)

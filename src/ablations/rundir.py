@@ -487,6 +487,29 @@ class Run:
         return str(self.config.get("study", "adhoc"))
 
 
+STUDY = "study.json"  # beside a study's run dirs (<out>/<study>/<preset>/): what the report needs of the study
+
+
+def write_study_record(study_dir: Path, record: dict) -> None:
+    """The study's title, description, notes, variant order and report sections, so that a report is made
+    from the run files alone (the study file may have changed or be elsewhere since)."""
+    Path(study_dir).mkdir(parents=True, exist_ok=True)
+    write_json(Path(study_dir) / STUDY, record)
+
+
+def read_study_record(path: Path) -> dict:
+    """The study.json at or above `path` (a study dir or a run dir below it); {} when there is none."""
+    p = Path(path)
+    for d in (p, *list(p.parents)[:3]):
+        f = d / STUDY
+        if f.is_file():
+            try:
+                return read_json(f)
+            except (OSError, ValueError):
+                return {}
+    return {}
+
+
 def find_runs(root: Path) -> list[Path]:
     """The run directories (those holding CONFIG) under root, root included, sorted."""
     root = Path(root)

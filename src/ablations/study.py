@@ -45,6 +45,7 @@ class Study:
     presets: dict
     variants: dict  # name -> Variant, in file order
     notes: str = ""
+    sections: tuple = ()  # extra report sections (registry SECTIONS) besides those its methods ask for
 
     def _one(self, preset: str, v: str, sets: Optional[dict[str, Any]]) -> RunConfig:
         src = str(self.path)
@@ -102,7 +103,7 @@ class Study:
 
 
 _TOP_KEYS = {"name", "title", "description", "metric", "goal", "seeds", "default_preset", "base",
-             "presets", "variants", "notes"}
+             "presets", "variants", "notes", "sections"}
 _VARIANT_KEYS = {"set", "target", "presets", "description"}
 
 
@@ -149,6 +150,14 @@ def load_study(path: Path) -> Study:
     goal = raw.get("goal", "max")
     if goal not in ("max", "min"):
         raise ConfigError(f"{path}: goal must be max or min, got {goal!r}")
+    sections = raw.get("sections") or []
+    if not isinstance(sections, list):
+        raise ConfigError(f"{path}: sections must be a list of report section names, got {sections!r}")
+    from .registry import SECTIONS
+
+    for sec in sections:
+        if sec not in SECTIONS:
+            _unknown_section(path, sec, SECTIONS)
     default_preset = raw.get("default_preset", next(iter(presets)))
     if default_preset not in presets:
         raise ConfigError(f"{path}: default_preset {default_preset!r} is not one of the presets {list(presets)}")
@@ -156,12 +165,18 @@ def load_study(path: Path) -> Study:
         name=raw["name"], path=path, title=raw.get("title", raw["name"]),
         description=raw.get("description", ""), metric=raw.get("metric", "test_acc"), goal=goal, seeds=seeds,
         default_preset=default_preset, base=raw.get("base") or {}, presets=presets, variants=variants,
-        notes=raw.get("notes", ""),
+        notes=raw.get("notes", ""), sections=tuple(sections),
     )
     # validate every (preset, variant) combination now, so a typo fails before any run starts
     for p in study.presets:
         study.resolve(p, seeds=1)
     return study
+
+
+def _unknown_section(path: Path, name: str, sections: Registry) -> None:
+    close = difflib.get_close_matches(str(name), sections.names(), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ConfigError(f"{path}: sections: unknown report section {name!r}{hint}; choices: {', '.join(sections.names())}")
 
 
 for _p in sorted(STUDY_DIR.glob("*.yaml")):

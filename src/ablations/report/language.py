@@ -49,13 +49,10 @@ def render(run_list: list, out_dir: Path) -> str:
     for r in runs:
         if r["config"]["variant"] not in variants:
             variants.append(r["config"]["variant"])
-    try:  # the study file's variant order when the study is known
-        from ..study import get_study
+    from .render import _variant_order  # the study's variant order (study.json), else of appearance
 
-        order = list(get_study(runs[0]["config"]["study"]).variants)
-        variants.sort(key=lambda v: order.index(v) if v in order else len(order))
-    except Exception:
-        pass
+    order = _variant_order(run_list)
+    variants.sort(key=lambda v: order.index(v) if v in order else len(order))
     cols = [("params", "params", "{:,.0f}"), ("val nats/char", "val_loss", "{:.3f}"),
             ("test nats/char", "test_loss", "{:.3f}"), ("test bits/char", "test_bpc", "{:.3f}"),
             ("test ppl", "test_ppl", "{:.2f}"), ("last 10 % nats/char", "last10_loss", "{:.3f}"),

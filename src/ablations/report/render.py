@@ -22,14 +22,25 @@ def load_runs(root: Path) -> list[Run]:
     return [Run.read(d) for d in find_runs(root)]
 
 
-def _variant_order(runs: list[Run]) -> list[str]:
-    seen: list[str] = []
-    try:  # the study file's order when the study is known
+def study_record(runs: list[Run]) -> dict:
+    """What the report needs of the study (study.json written by `run`); for run dirs made before it
+    existed, the study file as it is now, when it can still be found."""
+    rec = rt.read_study_record(runs[0].dir)
+    if rec:
+        return rec
+    try:
         from ..study import get_study
 
-        order = list(get_study(runs[0].config["study"]).variants)
-    except Exception:  # an ad-hoc study or a renamed file: order of appearance
-        order = []
+        st = get_study(runs[0].config["study"])
+        return {"description": st.description, "notes": st.notes, "variants": list(st.variants),
+                "sections": list(st.sections)}
+    except Exception:  # an ad-hoc study or a renamed file
+        return {}
+
+
+def _variant_order(runs: list[Run]) -> list[str]:
+    seen: list[str] = []
+    order = list(study_record(runs).get("variants", []))  # the study file's order, else of appearance
     for r in runs:
         if r.variant not in seen:
             seen.append(r.variant)
@@ -136,14 +147,9 @@ def render_markdown(runs: list[Run], out: Path) -> str:
     c0 = runs[0].config
     title = f"{c0.get('study')} — preset `{c0.get('preset')}`"
     parts = [f"# {title}", ""]
-    try:
-        from ..study import get_study
-
-        st = get_study(c0["study"])
-        if st.description:
-            parts += [st.description.strip(), ""]
-    except Exception:
-        st = None
+    st = study_record(runs)
+    if st.get("description"):
+        parts += [st["description"].strip(), ""]
     parts += ["## Results", "", results_table(runs), ""]
     finished = [r for r in runs if r.result]
     if finished:
@@ -167,12 +173,15 @@ def render_markdown(runs: list[Run], out: Path) -> str:
         parts += [f"'vs target' is positive where the target is met. 'best epoch' is the epoch of {best_by} "
                   "(for information; the reported number is the final model's). 'wall time' includes data "
                   "loading and evaluation.", ""]
-    if st is not None and st.notes:
-        parts += [st.notes.strip(), ""]
+    if st.get("notes"):
+        parts += [st["notes"].strip(), ""]
     curves = plot_curves(runs, out)
     if curves:
         parts += ["## Learning curves", "", f"![learning curves]({curves.name})", ""]
-    for name in report_sections(runs):  # each method's own sections, once (a study may mix methods)
+    study_sections = list(st.get("sections") or [])
+    for name in dict.fromkeys(report_sections(runs) + study_sections):  # methods' sections, then the study's
+        if name not in SECTIONS:
+            continue  # the study file's names are checked when it loads; a method's by the registry tests
         extra = SECTIONS.get(name)(runs, out)
         if extra:
             parts += [extra.strip(), ""]
