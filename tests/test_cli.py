@@ -231,3 +231,59 @@ def test_second_process_on_the_same_run_refuses(tmp_path, tiny_study, capsys):
     # the holder is dead now: its stale lock is taken over and the run goes through
     assert main(["run", str(tiny_study), "--out", str(tmp_path / "o"), "--variant", "plain"]) == 0
     assert (d / rt.RESULT).exists() and not (d / rt.LOCK).exists()
+
+
+def test_corrupt_config_json_is_one_line(tmp_path, capsys):
+    d = tmp_path / "s" / "p" / "v" / "seed0"
+    d.mkdir(parents=True)
+    (d / rt.CONFIG).write_text("{bad")
+    assert main(["resume", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and str(d / rt.CONFIG) in err
+
+
+def test_finished_run_is_never_replaced_without_overwrite(tmp_path, tiny_study):
+    """Decided again under the lock: a run another process finished after this one planned is kept."""
+    from ablations import loop
+    from ablations.errors import RunError
+    from ablations.study import get_study
+
+    cfg = get_study(str(tiny_study)).resolve("smoke", ["plain"])[0]
+    d = tmp_path / "r"
+    loop.run(cfg, d)
+    before = (d / rt.FINAL).read_bytes()
+    with pytest.raises(RunError, match="already holds a finished run"):
+        loop.run(cfg, d, restart=True)  # what a stale plan would ask for
+    assert (d / rt.FINAL).read_bytes() == before
+    loop.run(cfg, d, overwrite=True)  # --overwrite does replace it
+    assert rt.Run.read(d).finished
+
+
+def test_references_resume_first_and_finished_ones_are_skipped(tmp_path, capsys):
+    study = tmp_path / "two.yaml"
+    study.write_text("""
+name: two
+base:
+  data: {name: synthetic, n_train: 120, n_test: 20, limit_eval: 20}
+  model: {name: vgg1, width: 4, dense: 8}
+  train: {epochs: 2, batch_size: 30, threads: 1}
+presets: {smoke: {}}
+variants:
+  a:
+    set: {method.init_from: b}
+  b: {}
+""")
+    out = tmp_path / "o"
+    assert main(["run", str(study), "--out", str(out)]) == 0
+    a, b = out / "two/smoke/a/seed0", out / "two/smoke/b/seed0"
+    # `--variant a` again: the finished `b` it references is skipped (its config unchanged), not refused
+    capsys.readouterr()
+    assert main(["run", str(study), "--out", str(out), "--variant", "a", "--continue"]) == 0
+    assert "skip b seed 0: referenced, finished" in capsys.readouterr().out
+    # both unfinished: `resume` takes `b` first although `a` sorts first by name (a needs b's weights)
+    for d in (a, b):
+        (d / rt.RESULT).unlink()
+        (d / rt.CHECKPOINT).unlink()
+    assert main(["resume", str(out)]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("done ")]
+    assert [ln.split()[1] for ln in lines] == ["b", "a"]

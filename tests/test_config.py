@@ -39,6 +39,14 @@ def test_dotted_and_nested_overrides():
     ({"model.name": "lstm"}, ["do not fit together", "takes text", "takes images"]),
     ({"method": {"name": "finetune"}}, ["model.name", "pretrained backbone"]),
     ({"extra": {"k": 3}}, ["unknown config key 'extra.k'"]),
+    ({"data.aug.trian": ["flip"]}, ["data.aug.trian", "reads no pipeline 'trian'", "did you mean data.aug.train"]),
+    ({"data": {"name": "text"}, "model": {"name": "lstm"}, "method": {"name": "language_model"},
+      "loss.label_smoothing": 0.1}, ["method language_model does not use the loss section"]),
+    ({"data": {"name": "text"}, "model": {"name": "lstm"},
+      "method": {"name": "language_model", "sampling": {"beam": ["4"]}}},
+     ["method.sampling.beam", "a list of integers >= 1"]),
+    ({"data": {"name": "text"}, "model": {"name": "lstm"},
+      "method": {"name": "language_model", "sampling": {"length": -5}}}, ["method.sampling.length", ">= 1"]),
 ])
 def test_bad_overrides_name_the_key(over, words):
     with pytest.raises(ConfigError) as e:

@@ -598,7 +598,9 @@ def test_loop_zero_shot_and_report_end_to_end(tmp_path, monkeypatch):
               "train.log_every": 1000, "optim.name": "adam", "optim.lr": 0.01}
     head = loop.run(cfg(**common, **{"train.epochs": 3}, variant="head"), tmp_path / "runs" / "head")
     fc = head["feature_cache"]  # computed here (nothing cached yet) for every image: 18 train + 6 val + 12 test
-    assert fc["from_disk"] is False and fc["n"] == 18 + 6 + 12 and fc["dim"] == 1280, fc
+    # train + val features (what every epoch would recompute); the test split's, once, counted apart
+    assert fc["from_disk"] is False and fc["n"] == 18 + 6 and fc["dim"] == 1280, fc
+    assert head["feature_cache_test"]["n"] == 12, head["feature_cache_test"]
     if real:
         assert head["test_acc"] > 50, head  # 3 classes: chance is 33 %
     tuned = loop.run(cfg(**common, **{"train.epochs": 1, "method.train_stages": 1,

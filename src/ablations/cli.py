@@ -93,11 +93,15 @@ def cmd_run(args) -> int:
         finished, started = (d / rd.RESULT).exists(), (d / rd.CONFIG).exists()
         if args.continue_ and (finished or (d / rd.CHECKPOINT).exists()):
             # skipping or resuming a run made with other settings would pass old numbers off as new ones
-            changed = _config_changes(rd.read_json(d / rd.CONFIG), cfg.to_dict())
+            changed = _config_changes(_stored_config(d), cfg.to_dict())
             if changed:
                 raise RunError(f"{d / rd.CONFIG} differs from the config resolved now ("
                                f"{'; '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}); "
                                f"--overwrite to rerun it, or another --out")
+        pulled_in = bool(args.variant) and cfg.variant not in args.variant  # a run the asked-for ones reference
+        if pulled_in and finished and not args.overwrite and not _config_changes(_stored_config(d), cfg.to_dict()):
+            print(f"skip {cfg.variant} seed {cfg.seed}: referenced, finished in {d}")
+            continue
         if args.continue_ and finished:
             print(f"skip {cfg.variant} seed {cfg.seed}: finished in {d}")
             continue
@@ -114,7 +118,7 @@ def cmd_run(args) -> int:
         "file": str(study.path), "variants": list(study.variants), "sections": list(study.sections),
         "metric": study.metric, "goal": study.goal})
     for cfg, d, resume in plan:  # resolve() put every referenced run before the runs that need it
-        res = run(cfg, d, resume=resume, refs=ref_dirs(out, cfg), overwrite=not resume)
+        res = run(cfg, d, resume=resume, refs=ref_dirs(out, cfg), overwrite=args.overwrite, restart=not resume)
         print(_line(cfg, res, d), flush=True)
     sdir = study_dir_for(out, study.name, cfgs[0].preset)
     if sdir.exists():
@@ -135,13 +139,23 @@ def cmd_resume(args) -> int:
     todo = [r for r in runs if not (r / rd.RESULT).exists()]
     if not todo:
         print(f"nothing to resume: every run under {target} is finished")
-    for d in todo:
-        cfg = from_dict(rd.read_json(d / rd.CONFIG), str(d / rd.CONFIG))
+    cfgs = {d: from_dict(_stored_config(d), str(d / rd.CONFIG)) for d in todo}
+    refs = {d: {key: d.parents[1] / ref / d.name for key, ref in c.refs().items()} for d, c in cfgs.items()}
+    pending = list(todo)
+    while pending:  # a run after the unfinished runs it references (same study dir and seed)
+        d = next((d for d in pending if not any(r in pending for r in refs[d].values())), pending[0])
+        pending.remove(d)
+        cfg = cfgs[d]
         has_ckpt = (d / rd.CHECKPOINT).exists()
-        refs = {key: d.parents[1] / ref / d.name for key, ref in cfg.refs().items()}  # same study dir and seed
-        res = run(cfg, d, resume=has_ckpt, refs=refs, overwrite=not has_ckpt)  # no checkpoint yet: start over
+        res = run(cfg, d, resume=has_ckpt, refs=refs[d], restart=not has_ckpt)  # no checkpoint yet: start over
         print(_line(cfg, res, d), flush=True)
     return 0
+
+
+def _stored_config(d: Path) -> dict:
+    from . import rundir as rd
+
+    return rd.Run.read(d).config  # a corrupt or non-object config.json: one line naming it
 
 
 def cmd_report(args) -> int:

@@ -385,6 +385,16 @@ def _check_run(cfg: RunConfig, origins: dict[str, str]) -> None:
     if len(set(known.values())) > 1:
         desc = ", ".join(f"{sec} {getattr(cfg, sec).name} takes {v}" for sec, v in known.items())
         raise ConfigError(f"{_origin(origins, 'method.name')}: these do not fit together: {desc}")
+    if not getattr(method, "uses_loss", True) and (cfg.loss.name != "ce" or cfg.loss.label_smoothing):
+        raise ConfigError(f"{_origin(origins, 'loss')}: loss: method {cfg.method.name} does not use the loss section "
+                          f"(got {cfg.loss.name}, label_smoothing {cfg.loss.label_smoothing:g}); remove it")
+    roles = set(getattr(cfg.data, "aug", None) or {})
+    allowed = tuple(getattr(method, "aug_roles", ("train",)))
+    for role in sorted(roles - set(allowed)):
+        close = difflib.get_close_matches(role, list(allowed), n=1)
+        hint = f" (did you mean data.aug.{close[0]}?)" if close else ""
+        raise ConfigError(f"{_origin(origins, f'data.aug.{role}')}: data.aug.{role}: method {cfg.method.name} reads "
+                          f"no pipeline {role!r}{hint}; its roles: {', '.join(allowed) or '(none)'}")
     try:
         method.check(cfg)
     except FieldError as e:

@@ -23,9 +23,11 @@ from .registry import METHODS
 
 
 def run(cfg: RunConfig, run_dir: Path, resume: bool = False, refs: Optional[dict[str, Path]] = None,
-        overwrite: bool = False) -> dict:
+        overwrite: bool = False, restart: bool = False) -> dict:
     """Train (or evaluate) cfg into run_dir and return result.json's content. Holds the run dir's lock
-    throughout: a second process on the same run refuses with one line naming the holder."""
+    throughout: a second process on the same run refuses with one line naming the holder. `overwrite`
+    may replace a finished run; `restart` an unfinished one (both decided again under the lock, so a run
+    another process finished meanwhile is never replaced without --overwrite)."""
     run_dir = Path(run_dir)
     t_start, started = time.time(), time.strftime("%Y-%m-%dT%H:%M:%S%z")
     try:
@@ -36,7 +38,9 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool = False, refs: Optional[dict
         if not (d / rd.RESULT).exists():
             raise RunError(f"{key} needs the finished run {d}, which has no {rd.RESULT}; run that variant first")
     with rd.RunLock(run_dir):
-        rd.prepare_run_dir(run_dir, overwrite=overwrite, resume=resume)
+        if (run_dir / rd.RESULT).exists() and not overwrite:
+            raise RunError(f"{run_dir} already holds a finished run; pass --overwrite to replace it")
+        rd.prepare_run_dir(run_dir, overwrite=overwrite or restart, resume=resume)
         rt = runtime.setup(cfg.train, cfg.seed)
         method = METHODS.get(cfg.method.name)(cfg, rt, run_dir, refs or {})
         if not resume:  # the record of what runs, before the first step

@@ -27,6 +27,8 @@ class Method:
     best: tuple[str, str] = ("val_acc", "max")  # the validation metric that picks the best epoch
     report_sections: tuple[str, ...] = ("results", "curves")
     generator_device: Optional[str] = None  # device of the epoch's generator (None: the run's device)
+    uses_loss: bool = True  # False: a `loss` section other than the default is refused (it would be ignored)
+    aug_roles: tuple[str, ...] = ("train",)  # the data.aug pipelines it reads (others are refused: a typo)
 
     @classmethod
     def check(cls, cfg: RunConfig) -> None:

@@ -1,8 +1,8 @@
 """Features of a frozen backbone, computed once.
 
 When no backbone parameter trains, no BN statistic changes and the inputs are not augmented, every
-epoch would push the same images through the same function. The loop instead calls
-`cached_features` once per split and trains only the head on the (N, D) result: head-only
+epoch would push the same images through the same function. The fine-tuning and zero-shot methods
+instead call `cached_features` once per split and train only the head on the (N, D) result: head-only
 training on a CPU then takes seconds per epoch instead of minutes.
 
 Features are also kept on disk (under $ABLATIONS_CACHE/features), so every head-only variant of a

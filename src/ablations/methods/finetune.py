@@ -54,7 +54,8 @@ class Finetune(Supervised):
         self.model.configure(mc.train_stages, mc.unfreeze_every, mc.bn)
         # a frozen backbone without augmentation: features once, the head trains on them
         self.cached = mc.cache_features == "auto" and self.model.backbone_frozen() and not self.aug.random
-        self.cache_stats: dict = {}
+        self.cache_stats: dict = {}  # train + val features: what every epoch would recompute without the cache
+        self.test_cache_stats: dict = {}
         if self.cached:
             self.tx = self.features(self.tx)
             self.vx = self.features(self.vx)
@@ -77,14 +78,19 @@ class Finetune(Supervised):
         self.model.set_epoch(epoch)  # gradual unfreezing
 
     def eval_inputs(self, split: str):
-        if split == "test" and self.cached:
-            return self.features(self.data.test_x.to(self.rt.device)), self.data.test_y.to(self.rt.device), self.prep
+        if split == "test" and self.cached:  # once, after training: kept out of the per-epoch cache stats
+            from .features import cached_features
+
+            f = cached_features(self.model, self.data.test_x.to(self.rt.device), self.prep, self.rt.device,
+                                self.rt.dtype, self.cfg.train.eval_batch_size, stats=self.test_cache_stats)
+            return f, self.data.test_y.to(self.rt.device), self.prep
         return super().eval_inputs(split)
 
     def finish(self, result: dict) -> dict:
         out = super().finish(result)
         if self.cached:
             out["feature_cache"] = self.cache_stats  # seconds spent, backbone compute seconds, from_disk
+            out["feature_cache_test"] = self.test_cache_stats
         return out
 
 

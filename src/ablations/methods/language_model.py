@@ -111,9 +111,23 @@ class LanguageModelConfig(MethodConfig):
                                   "plus the training corpus' words)")
 
     def check(self) -> None:
-        for k in self.sampling:
+        def numbers(v, integer=False):
+            kind = int if integer else (int, float)
+            return isinstance(v, list) and v and all(isinstance(x, kind) and not isinstance(x, bool) for x in v)
+
+        rules = {"prompt": (lambda v: isinstance(v, str), "a string"),
+                 "length": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
+                 "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0"),
+                 "headline_temperature": (lambda v: isinstance(v, (int, float)) and v >= 0, "a number >= 0"),
+                 "temperature": (lambda v: numbers(v) and min(v) >= 0, "a list of numbers >= 0"),
+                 "top_p": (lambda v: numbers(v) and all(0 < x <= 1 for x in v), "a list of numbers in (0, 1]"),
+                 "beam": (lambda v: numbers(v, integer=True) and min(v) >= 1, "a list of integers >= 1")}
+        for k, v in self.sampling.items():
             if k not in SAMPLING:
                 raise FieldError(f"sampling.{k}", f"unknown sampling key; keys: {', '.join(SAMPLING)}")
+            ok, what = rules[k]
+            if not ok(v):  # checked now: a bad value would only fail after the whole run has trained
+                raise FieldError(f"sampling.{k}", f"must be {what}, got {v!r}")
 
 
 @METHODS.register("language_model")
@@ -123,6 +137,8 @@ class LanguageModel(Method):
     input = "text"
     best = ("val_loss", "min")
     report_sections = ("results", "curves", "samples")
+    uses_loss = False  # next-token cross-entropy in nats is the metric itself
+    aug_roles = ()
     generator_device = "cpu"  # offsets are drawn on the CPU, then moved: same draws on every device
 
     @classmethod

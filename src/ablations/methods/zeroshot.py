@@ -23,6 +23,8 @@ class ZeroShotConfig(MethodConfig):
 @METHODS.register("zeroshot")
 class ZeroShot(Supervised):
     Config = ZeroShotConfig
+    uses_loss = False  # reports the NLL of the restricted ImageNet head
+    aug_roles = ()
     report_sections = ("results", "curves", "transfer")
     trains = False
 
