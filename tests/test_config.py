@@ -70,6 +70,8 @@ def test_zero_epochs_allowed_only_for_methods_that_train_nothing():
     make({"method.name": "zeroshot", "model.name": "mobilenet_v2", "train.epochs": 0})  # raises if refused
     with pytest.raises(ConfigError, match=r"train\.epochs: must be >= 1 \(method finetune trains\), got 0"):
         make({"method.name": "finetune", "model.name": "mobilenet_v2", "train.epochs": 0})
+    with pytest.raises(ConfigError, match=r"train\.epochs: must be 0: method zeroshot trains nothing, got 3"):
+        make({"method.name": "zeroshot", "model.name": "mobilenet_v2", "train.epochs": 3})
 
 
 @pytest.mark.parametrize("name", STUDIES.names())

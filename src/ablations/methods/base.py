@@ -35,6 +35,8 @@ class Method:
         """Rules across sections, at study load (before any data is read); raise FieldError(dotted key, msg)."""
         if cls.trains and cfg.train.epochs < 1:
             raise FieldError("train.epochs", f"must be >= 1 (method {cfg.method.name} trains), got {cfg.train.epochs}")
+        if not cls.trains and cfg.train.epochs != 0:  # it would be ignored: say so rather than pretend
+            raise FieldError("train.epochs", f"must be 0: method {cfg.method.name} trains nothing, got {cfg.train.epochs}")
 
     def __init__(self, cfg: RunConfig, rt: Runtime, run_dir: Path, refs: dict[str, Path]):
         """Build data and model. `refs`: {dotted config key: run dir} of the runs this one needs."""

@@ -30,6 +30,7 @@ class ZeroShot(Supervised):
 
     @classmethod
     def check(cls, cfg: RunConfig) -> None:
+        super().check(cfg)
         if not MODELS.entry(cfg.model.name).meta.get("pretrained"):
             raise FieldError("model.name", f"method zeroshot needs a pretrained backbone; {cfg.model.name!r} is "
                              f"not one (choices: {', '.join(pretrained_models())})")
