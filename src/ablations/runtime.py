@@ -3,7 +3,6 @@ progress output. (Run-directory files live in rundir.py.)"""
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import platform

@@ -13,10 +13,7 @@ The command `ablations generate RUN_DIR ...` (generate.py) streams text to stdou
 from __future__ import annotations
 
 import contextlib
-import sys
-import time
-from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import torch
 

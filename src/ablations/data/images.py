@@ -7,19 +7,17 @@ Data flow for CIFAR-10/100:
 """
 from __future__ import annotations
 
-import math
 import os
 import pickle
 import sys
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Optional
 
 import torch
-import torch.nn.functional as F
 
 from ..registry import DATASETS
 from .base import ImageDataConfig, RawData

@@ -44,9 +44,7 @@ class Finetune(Supervised):
     @classmethod
     def check(cls, cfg: RunConfig) -> None:
         super().check(cfg)
-        if not MODELS.entry(cfg.model.name).meta.get("pretrained"):
-            raise FieldError("model.name", f"method finetune needs a pretrained backbone; {cfg.model.name!r} is "
-                             f"not one (choices: {', '.join(pretrained_models())})")
+        require_pretrained(cfg)
 
     def __init__(self, cfg: RunConfig, rt: Runtime, run_dir: Path, refs: dict[str, Path]):
         super().__init__(cfg, rt, run_dir, refs)
@@ -94,5 +92,9 @@ class Finetune(Supervised):
         return out
 
 
-def pretrained_models() -> list[str]:
-    return [e.name for e in MODELS.entries() if e.meta.get("pretrained")]
+def require_pretrained(cfg: RunConfig) -> None:
+    """The methods that start from ImageNet weights (finetune, zeroshot) refuse any other model at load."""
+    if not MODELS.entry(cfg.model.name).meta.get("pretrained"):
+        names = [e.name for e in MODELS.entries() if e.meta.get("pretrained")]
+        raise FieldError("model.name", f"method {cfg.method.name} needs a pretrained backbone; {cfg.model.name!r} "
+                         f"is not one (choices: {', '.join(names)})")

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import FieldError, MethodConfig, RunConfig
+from ..config import MethodConfig, RunConfig
 from ..data.base import DataSpec
 from ..errors import RunError
-from ..registry import METHODS, MODELS
-from .finetune import pretrained_models
+from ..registry import METHODS
+from .finetune import require_pretrained
 from .supervised import Supervised
 
 
@@ -31,9 +31,7 @@ class ZeroShot(Supervised):
     @classmethod
     def check(cls, cfg: RunConfig) -> None:
         super().check(cfg)
-        if not MODELS.entry(cfg.model.name).meta.get("pretrained"):
-            raise FieldError("model.name", f"method zeroshot needs a pretrained backbone; {cfg.model.name!r} is "
-                             f"not one (choices: {', '.join(pretrained_models())})")
+        require_pretrained(cfg)
 
     def build_model(self, entry, spec: DataSpec) -> torch.nn.Module:
         from ..models.pretrained import zero_shot_model

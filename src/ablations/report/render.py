@@ -3,7 +3,6 @@ PNG learning curves. Nothing here is typed by hand: every number comes from resu
 from __future__ import annotations
 
 import base64
-import dataclasses
 import html
 import json
 import re
