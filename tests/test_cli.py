@@ -287,3 +287,10 @@ variants:
     assert main(["resume", str(out)]) == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("done ")]
     assert [ln.split()[1] for ln in lines] == ["b", "a"]
+
+
+def test_best_epoch_sentence_follows_the_method():
+    from ablations.report.render import _best_by
+
+    assert _best_by({"method": {"name": "supervised"}, "goal": "min"}) == "highest validation accuracy"
+    assert _best_by({"method": {"name": "language_model"}, "goal": "max"}) == "lowest validation loss"

@@ -186,3 +186,19 @@ variants:
     cyc.write_text(study.read_text().replace("  first: {}", "  first:\n    set: {method.init_from: second}"))
     with pytest.raises(ConfigError, match="cycle"):
         get_study(str(cyc))
+
+
+def test_a_reference_must_share_the_seed(tmp_path):
+    from ablations.study import get_study
+
+    study = tmp_path / "s.yaml"
+    study.write_text("""
+name: s
+base: {data: {name: synthetic}, model: {name: vgg1}}
+presets: {smoke: {}}
+variants:
+  a: {set: {method.init_from: b, seed: 3}}
+  b: {}
+""")
+    with pytest.raises(ConfigError, match="a runs seed 3 and b seed 0; set the seed in base"):
+        get_study(str(study))

@@ -93,8 +93,12 @@ class Study:
             if v in order:
                 return
             cfgs[v] = self._one(preset, v, sets)
-            for ref in cfgs[v].refs().values():
+            for key, ref in cfgs[v].refs().items():
                 visit(ref, stack + (v,))
+                if cfgs[ref].seed != cfgs[v].seed:  # a reference is the run of the same seed
+                    raise ConfigError(f"{self.path}: variants.{v}: {key}={ref!r}, but {v} runs seed "
+                                      f"{cfgs[v].seed} and {ref} seed {cfgs[ref].seed}; set the seed in base, "
+                                      f"not in one of them")
             order.append(v)
 
         for v in variants or list(self.variants):

@@ -168,7 +168,7 @@ def render_markdown(runs: list[Run], out: Path) -> str:
             if splits:
                 line += " Splits: " + "; ".join(f"{k}: {v}" for k, v in splits.items()) + "."
             parts += [line]
-        best_by = "highest validation accuracy" if c0.get("goal") == "max" else "lowest validation loss"
+        best_by = _best_by(c0)
         parts += [f"'vs target' is positive where the target is met. 'best epoch' is the epoch of {best_by} "
                   "(for information; the reported number is the final model's). 'wall time' includes data "
                   "loading and evaluation.", ""]
@@ -200,6 +200,16 @@ def render_markdown(runs: list[Run], out: Path) -> str:
                   f"{env.get('versions', {}).get('torch', '?')}, git {env.get('git_commit', '?')}",
                   ""]
     return "\n".join(parts)
+
+
+def _best_by(cfg: dict) -> str:
+    """How the run's method picked its best epoch (Method.best), in words."""
+    from ..registry import METHODS
+
+    name = (cfg.get("method") or {}).get("name") if isinstance(cfg.get("method"), dict) else None
+    key, goal = METHODS.get(name).best if name in METHODS else ("val_acc", "max")
+    what = {"val_acc": "validation accuracy", "val_loss": "validation loss"}.get(key, key)
+    return f"{'highest' if goal == 'max' else 'lowest'} {what}"
 
 
 def report_sections(runs: list[Run]) -> list[str]:
