@@ -34,8 +34,7 @@ from ablations import rundir as rd  # noqa: E402
 from ablations import runtime as rt  # noqa: E402
 from ablations.data.base import DataSpec  # noqa: E402
 from ablations.data.text import batch_at, sample_offsets  # noqa: E402
-from ablations.methods.language_model import LanguageModel  # noqa: E402
-from ablations.registry import DATASETS, METHODS, MODELS  # noqa: E402
+from ablations.registry import DATASETS, MODELS  # noqa: E402
 from ablations.study import get_study  # noqa: E402
 
 
@@ -65,23 +64,6 @@ class Reached(Exception):
     pass
 
 
-@METHODS.register("bench_language_model")
-class StopAtTarget(LanguageModel):
-    """The language_model method, stopped (by raising Reached out of loop.run) at the start of the first
-    epoch after one whose record in metrics.jsonl has val_loss <= target or time > max_seconds: the loop
-    has no per-epoch callback, and Method.start_epoch is the one hook it calls between epochs."""
-    target = 0.0
-    max_seconds = math.inf
-
-    def start_epoch(self, epoch: int) -> None:
-        records = rd.read_metrics(self.run_dir / rd.METRICS)
-        if records:
-            _show(records[-1])
-            if records[-1]["val_loss"] <= self.target or records[-1]["time"] > self.max_seconds:
-                raise Reached
-        super().start_epoch(epoch)
-
-
 def _show(rec: dict) -> None:
     print(f"  step {rec['step']}: val {rec['val_loss']:.3f} nats/char after {rec['time']:.0f} s", flush=True)
 
@@ -96,20 +78,22 @@ def time_to_target(study, preset: str, variant: str, threads: int, target: float
                                                 // (cfg.train.batch_size * cfg.data.seq_len))
     total = spe_full * cfg.train.epochs
     cfg = study.resolve(preset, [variant], seeds=1, sets={
-        **sets, "method.name": "bench_language_model",
+        **sets,
         "train.steps_per_epoch": eval_every, "train.epochs": math.ceil(total / eval_every),
         "optim.warmup": cfg.optim.warmup * spe_full / eval_every,
         "method.sampling": {"length": 10, "temperature": [], "top_p": [], "beam": [1]}})[-1]
-    StopAtTarget.target, StopAtTarget.max_seconds = target, max_minutes * 60
+    def stop_at_target(rec: dict) -> None:  # after each validation: stop once the target or the time is reached
+        _show(rec)
+        if rec["val_loss"] <= target or rec["time"] > max_minutes * 60:
+            raise Reached
+
     with tempfile.TemporaryDirectory() as d:
         try:
-            loop.run(cfg, Path(d))
+            loop.run(cfg, Path(d), on_epoch=stop_at_target)
         except Reached:
             pass
         curve = [{k: rec[k] for k in ("step", "val_loss", "time", "tokens_per_s")}
                  for rec in rd.read_metrics(Path(d) / rd.METRICS) if "val_loss" in rec]
-    if curve and curve[-1]["step"] == cfg.train.epochs * eval_every:  # the last epoch: no start_epoch after it
-        _show(curve[-1])
     hit = next((c for c in curve if c["val_loss"] <= target), None)
     chars = cfg.train.batch_size * cfg.data.seq_len
     upto = [c for c in curve if hit and c["step"] <= hit["step"]]

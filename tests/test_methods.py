@@ -202,3 +202,24 @@ variants:
 """)
     with pytest.raises(ConfigError, match="a runs seed 3 and b seed 0; set the seed in base"):
         get_study(str(study))
+
+
+def test_on_epoch_sees_every_record_and_can_stop_the_run(tmp_path):
+    """The loop's per-epoch hook (benches, early stops): it sees what metrics.jsonl gets, after the checkpoint,
+    and an exception it raises stops the run there, resumable to the same end as an uninterrupted run."""
+    seen = []
+    loop.run(cfg("supervised", tmp_path), tmp_path / "a", on_epoch=seen.append)
+    assert seen == rd.read_metrics(tmp_path / "a" / rd.METRICS) and [r["epoch"] for r in seen] == [1, 2, 3]
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_1(rec):
+        if rec["epoch"] == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        loop.run(cfg("supervised", tmp_path), tmp_path / "b", on_epoch=stop_after_1)
+    assert torch.load(tmp_path / "b" / rd.CHECKPOINT, weights_only=True)["epoch"] == 1
+    loop.run(cfg("supervised", tmp_path), tmp_path / "b", resume=True)
+    assert (tmp_path / "a" / rd.FINAL).read_bytes() == (tmp_path / "b" / rd.FINAL).read_bytes()

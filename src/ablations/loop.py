@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -23,11 +23,13 @@ from .registry import METHODS
 
 
 def run(cfg: RunConfig, run_dir: Path, resume: bool = False, refs: Optional[dict[str, Path]] = None,
-        overwrite: bool = False, restart: bool = False) -> dict:
+        overwrite: bool = False, restart: bool = False, on_epoch: Optional[Callable[[dict], None]] = None) -> dict:
     """Train (or evaluate) cfg into run_dir and return result.json's content. Holds the run dir's lock
     throughout: a second process on the same run refuses with one line naming the holder. `overwrite`
     may replace a finished run; `restart` an unfinished one (both decided again under the lock, so a run
-    another process finished meanwhile is never replaced without --overwrite)."""
+    another process finished meanwhile is never replaced without --overwrite). `on_epoch(record)` sees each
+    epoch's metrics record after its checkpoint (benches, early stops: an exception it raises stops the run
+    there, resumable like a crash)."""
     run_dir = Path(run_dir)
     t_start, started = time.time(), time.strftime("%Y-%m-%dT%H:%M:%S%z")
     try:
@@ -49,7 +51,7 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool = False, refs: Optional[dict
             method.write_inputs()
         done, began = False, {}  # began: set once training starts (a refused resume writes no record)
         try:
-            result = _train(method, cfg, rt, run_dir, resume, began)
+            result = _train(method, cfg, rt, run_dir, resume, began, on_epoch)
             result.update(method.finish(result))
             result["wall_time"] = time.time() - t_start  # this invocation; Run.wall_time sums them all
             result["resumed"] = resume
@@ -65,7 +67,8 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool = False, refs: Optional[dict
     return result
 
 
-def _train(method, cfg: RunConfig, rt: runtime.Runtime, run_dir: Path, resume: bool, began: dict) -> dict:
+def _train(method, cfg: RunConfig, rt: runtime.Runtime, run_dir: Path, resume: bool, began: dict,
+           on_epoch: Optional[Callable[[dict], None]] = None) -> dict:
     tc = cfg.train
     log = rd.MetricsLog(run_dir / rd.METRICS)
     key, goal = method.best
@@ -144,6 +147,8 @@ def _train(method, cfg: RunConfig, rt: runtime.Runtime, run_dir: Path, resume: b
             if scaler.is_enabled():
                 state["scaler"] = scaler.state_dict()
             rd.save_checkpoint(run_dir / rd.CHECKPOINT, state)
+        if on_epoch is not None:
+            on_epoch(rec)
     records = log.read()
     last = records[-1] if records else {}
     result = {"epochs": tc.epochs, **base, "steps": step, "best_epoch": best["epoch"], f"best_{key}": best[key],

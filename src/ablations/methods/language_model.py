@@ -113,21 +113,24 @@ class LanguageModelConfig(MethodConfig):
     def check(self) -> None:
         def numbers(v, integer=False):
             kind = int if integer else (int, float)
-            return isinstance(v, list) and v and all(isinstance(x, kind) and not isinstance(x, bool) for x in v)
+            return isinstance(v, list) and all(isinstance(x, kind) and not isinstance(x, bool) for x in v)
 
         rules = {"prompt": (lambda v: isinstance(v, str), "a string"),
                  "length": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
                  "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0"),
                  "headline_temperature": (lambda v: isinstance(v, (int, float)) and v >= 0, "a number >= 0"),
-                 "temperature": (lambda v: numbers(v) and min(v) >= 0, "a list of numbers >= 0"),
+                 "temperature": (lambda v: numbers(v) and all(x >= 0 for x in v), "a list of numbers >= 0"),
                  "top_p": (lambda v: numbers(v) and all(0 < x <= 1 for x in v), "a list of numbers in (0, 1]"),
-                 "beam": (lambda v: numbers(v, integer=True) and min(v) >= 1, "a list of integers >= 1")}
+                 "beam": (lambda v: numbers(v, integer=True) and all(x >= 1 for x in v), "a list of integers >= 1")}
         for k, v in self.sampling.items():
             if k not in SAMPLING:
                 raise FieldError(f"sampling.{k}", f"unknown sampling key; keys: {', '.join(SAMPLING)}")
             ok, what = rules[k]
             if not ok(v):  # checked now: a bad value would only fail after the whole run has trained
                 raise FieldError(f"sampling.{k}", f"must be {what}, got {v!r}")
+        grid = {**SAMPLING, **self.sampling}
+        if not (grid["temperature"] or grid["top_p"] or grid["beam"]):
+            raise FieldError("sampling", "needs at least one decoding setting (temperature, top_p or beam)")
 
 
 @METHODS.register("language_model")
