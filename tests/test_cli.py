@@ -294,3 +294,13 @@ def test_best_epoch_sentence_follows_the_method():
 
     assert _best_by({"method": {"name": "supervised"}, "goal": "min"}) == "highest validation accuracy"
     assert _best_by({"method": {"name": "language_model"}, "goal": "max"}) == "lowest validation loss"
+
+
+def test_report_lists_only_non_default_keys_for_every_method():
+    """Measured against the defaults of the same entries, also for a method with cross-section rules
+    (zeroshot needs epochs 0, so its entries' defaults alone would not pass them)."""
+    from ablations.config import make
+    from ablations.report.render import _nondefault
+
+    cfg = make({"method.name": "zeroshot", "model.name": "mobilenet_v2", "train.epochs": 0, "data.limit": 48})
+    assert _nondefault(cfg.to_dict()) == 'data.limit=48 train.epochs=0'

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 
@@ -58,11 +58,12 @@ class Finetune(Supervised):
             self.tx = self.features(self.tx)
             self.vx = self.features(self.vx)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor, stats: Optional[dict] = None) -> torch.Tensor:
+        """The frozen backbone's (N, D) features of stored images (disk-cached); timings into `stats`."""
         from .features import cached_features
 
         return cached_features(self.model, x, self.prep, self.rt.device, self.rt.dtype,
-                               self.cfg.train.eval_batch_size, stats=self.cache_stats)
+                               self.cfg.train.eval_batch_size, stats=self.cache_stats if stats is None else stats)
 
     def trainable(self) -> torch.nn.Module:
         return self.model.head if self.cached else self.model
@@ -77,10 +78,7 @@ class Finetune(Supervised):
 
     def eval_inputs(self, split: str):
         if split == "test" and self.cached:  # once, after training: kept out of the per-epoch cache stats
-            from .features import cached_features
-
-            f = cached_features(self.model, self.data.test_x.to(self.rt.device), self.prep, self.rt.device,
-                                self.rt.dtype, self.cfg.train.eval_batch_size, stats=self.test_cache_stats)
+            f = self.features(self.data.test_x.to(self.rt.device), self.test_cache_stats)
             return f, self.data.test_y.to(self.rt.device), self.prep
         return super().eval_inputs(split)
 

@@ -63,5 +63,5 @@ class ZeroShot(Supervised):
 
     def finish(self, result: dict) -> dict:
         out = super().finish(result)
-        out.update(zero_shot=True, weights=self.model.info["weights"], feature_cache=self.cache_stats)
+        out.update(zero_shot=True, feature_cache=self.cache_stats)  # weights: recorded by Supervised.finish
         return out

@@ -2,7 +2,6 @@
 and text-quality metrics per variant, the sampling table of the best model, and samples side by side."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from .. import rundir as rt
@@ -11,24 +10,24 @@ from ..registry import SECTIONS
 SAMPLES_JSON = "samples.json"
 
 
-def _load(d: Path) -> dict | None:
-    if not (d / rt.RESULT).exists():
+def _load(run: rt.Run) -> dict | None:
+    """A finished run as the renderer read it, plus its samples."""
+    if run.result is None:
         return None
-    run = {"dir": d, "config": rt.read_json(d / rt.CONFIG), "result": rt.read_json(d / rt.RESULT)}
-    run["samples"] = rt.read_json(d / SAMPLES_JSON) if (d / SAMPLES_JSON).exists() else {"rows": []}
-    return run
+    f = run.dir / SAMPLES_JSON
+    return {"dir": run.dir, "config": run.config, "result": run.result,
+            "samples": rt.read_json(f) if f.exists() else {"rows": []}}
 
 
 def _mean(vals: list, fmt: str = "{:.3f}") -> str:
     """mean (± sample std over seeds) of the numeric values, formatted with `fmt`."""
+    from .render import mean_std
+
     vals = [v for v in vals if isinstance(v, (int, float)) and v == v]
     if not vals:
         return "n/a"
-    m = sum(vals) / len(vals)
-    if len(vals) == 1:
-        return fmt.format(m)
-    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
-    return f"{fmt.format(m)} ± {fmt.format(sd)}"
+    m, sd = mean_std(vals)
+    return fmt.format(m) if len(vals) == 1 else f"{fmt.format(m)} ± {fmt.format(sd)}"
 
 
 def _cell(text: str, n: int) -> str:
@@ -41,8 +40,7 @@ def _cell(text: str, n: int) -> str:
 @SECTIONS.register("samples")
 def render(run_list: list, out_dir: Path) -> str:
     """Language models: losses and text-quality metrics per variant, the sampling table, samples side by side."""
-    run_dirs = [r.dir for r in run_list]
-    runs = [r for r in (_load(Path(d)) for d in run_dirs) if r is not None]
+    runs = [r for r in (_load(run) for run in run_list) if r is not None]
     if not runs:
         return ""
     variants: list[str] = []

@@ -133,7 +133,7 @@ def _nondefault(cfg: dict) -> str:
         from ..config import build
 
         base = flatten(build({k: {"name": cfg[k]["name"]} for k in ("data", "model", "method", "loss")
-                              if isinstance(cfg.get(k), dict) and "name" in cfg[k]}).to_dict())
+                              if isinstance(cfg.get(k), dict) and "name" in cfg[k]}, cross_checks=False).to_dict())
     except Exception:
         base = {}
     skip = {"study", "variant", "preset", "seed", "task", "metric", "goal", "target"}

@@ -7,7 +7,6 @@ Reads config.json, result.json and test_predictions.pt ({"y", "pred", "classes",
 predictions), so the report needs nothing but the run directories."""
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Optional
@@ -22,10 +21,10 @@ GRID_MAX = 24  # misclassified images shown per grid
 
 
 class _Run:
-    def __init__(self, d: Path):
-        self.dir = Path(d)
-        self.config = rt.read_json(self.dir / rt.CONFIG)
-        self.result = rt.read_json(self.dir / rt.RESULT) if (self.dir / rt.RESULT).exists() else None
+    """A run as the renderer read it (rundir.Run), plus its test predictions."""
+
+    def __init__(self, run: rt.Run):
+        self.dir, self.config, self.result = run.dir, run.config, run.result
         self.pred = None
         if (self.dir / PRED).exists():
             try:
@@ -179,12 +178,7 @@ def _cache_rows(runs: list[_Run]) -> list[str]:
 def transfer_report(run_list: list, out_dir: Path) -> str:
     """Markdown for the study report; writes its PNGs into out_dir."""
     out_dir = Path(out_dir)
-    runs = []
-    for d in [r.dir for r in run_list]:
-        try:
-            runs.append(_Run(Path(d)))
-        except (OSError, json.JSONDecodeError):
-            continue
+    runs = [_Run(r) for r in run_list]
     done = [r for r in runs if r.result is not None]
     if not done:
         return ""
