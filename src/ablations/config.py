@@ -92,13 +92,18 @@ class OptimConfig(Section):
     momentum: float = opt(0.9, "SGD momentum", ge=0, lt=1)
     weight_decay: float = opt(0.0, "L2 (sgd/adam) or decoupled (adamw) decay; never on biases or norms", ge=0)
     betas: tuple[float, float] = opt((0.9, 0.999), "Adam betas")
-    schedule: Literal["constant", "step", "cosine", "warmup_cosine", "cosine_restarts", "onecycle"] = opt(
+    schedule: Literal["constant", "step", "cosine", "warmup_cosine", "cosine_restarts", "onecycle", "triangle"] = opt(
         "constant", "learning-rate schedule (a pure function of the step)")
-    warmup: float = opt(0.0, "epochs of linear warm-up (constant, warmup_cosine, onecycle, cosine_restarts)", ge=0)
+    warmup: float = opt(0.0, "epochs of linear warm-up (constant, warmup_cosine, onecycle, cosine_restarts); "
+                        "triangle: epochs to the peak", ge=0)
+    start_lr: float = opt(0.0, "triangle: the factor at step 0 (airbench: 0.2), as a fraction of lr", ge=0, le=1)
     step_every: float = opt(10.0, "epochs between decays (step); first cycle length (cosine_restarts)", gt=0)
     gamma: float = opt(0.1, "decay factor (step); cycle length multiplier (cosine_restarts)", gt=0)
     min_lr: float = opt(0.0, "floor of the schedule, as a fraction of lr", ge=0, le=1)
     clip_grad: float = opt(0.0, "max global gradient norm (0: off)", ge=0)
+    norm_lr_scale: float = opt(1.0, "lr multiplier of normalisation-layer parameters (airbench's bias_scaler 64); "
+                               "their decay per step lr * wd is kept, so wd is divided by it", gt=0)
+    decay_biases: bool = opt(False, "weight decay also on biases and norm parameters (airbench decays all)")
     layer_decay: float = opt(1.0, "discriminative lr: each stage further below the head gets lr * layer_decay^k",
                              gt=0, le=1)
 

@@ -151,7 +151,9 @@ def _train(method, cfg: RunConfig, rt: runtime.Runtime, run_dir: Path, resume: b
             on_epoch(rec)
     records = log.read()
     last = records[-1] if records else {}
-    result = {"epochs": tc.epochs, **base, "steps": step, "best_epoch": best["epoch"], f"best_{key}": best[key],
+    # no validation split (val_fraction 0): no best epoch, not -inf
+    result = {"epochs": tc.epochs, **base, "steps": step, "best_epoch": best["epoch"] or None,
+              f"best_{key}": best[key] if best["epoch"] else None,
               "trainable_params": runtime.count_params(net, trainable_only=True),
               **{k: v for k, v in last.items() if k.startswith(("train_", "val_")) or k.endswith("_per_s")},
               "train_time": elapsed}  # seconds in epochs (train + val), summed over resumes

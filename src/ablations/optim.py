@@ -24,6 +24,10 @@ def lr_factor(step: int, total: int, steps_per_epoch: int, cfg: OptimConfig) -> 
         # x gamma every step_every epochs
         f = cfg.gamma ** (step // max(1, int(round(cfg.step_every * spe))))
         return max(f, floor)
+    if s == "triangle":  # airbench: linear from start_lr up to the peak, then linear down to min_lr at the end
+        if step < warm:
+            return cfg.start_lr + (1 - cfg.start_lr) * step / warm
+        return floor + (1 - floor) * max(0.0, (total - step) / max(1, total - warm))
     if s in ("cosine", "warmup_cosine", "onecycle"):
         if s == "onecycle":  # linear ramp up to the peak, then linear down to the floor (Smith & Topin)
             warm = warm or max(1, int(0.25 * total))
@@ -48,24 +52,36 @@ def lr_factor(step: int, total: int, steps_per_epoch: int, cfg: OptimConfig) -> 
     raise ValueError(f"optim.schedule: unknown schedule {s!r}")
 
 
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     """Groups with their own lr multiplier ('lr_scale'). Models that offer `lr_groups()` (a list of
     parameter lists from the head down) get discriminative lrs: group k has lr * layer_decay**k.
-    Weight decay is not applied to biases and norm parameters (1-d tensors): it only shrinks them."""
+    Weight decay is not applied to biases and norm parameters (1-d tensors) unless cfg.decay_biases.
+    Parameters of normalisation layers get lr * cfg.norm_lr_scale and weight decay / norm_lr_scale (the
+    decay per step, lr * wd, stays that of the other parameters: airbench's bias_scaler)."""
     if hasattr(model, "lr_groups") and cfg.layer_decay != 1.0:
         levels = [list(ps) for ps in model.lr_groups()]
     else:
         levels = [list(model.parameters())]
+    norm_ids = {id(p) for m in model.modules() if isinstance(m, _NORMS) for p in m.parameters(recurse=False)}
+    ns = cfg.norm_lr_scale
     groups = []
     for k, params in enumerate(levels):
         params = [p for p in params if p.requires_grad]
-        decay = [p for p in params if p.ndim > 1]
-        no_decay = [p for p in params if p.ndim <= 1]
         scale = cfg.layer_decay ** k
+        norms = [p for p in params if id(p) in norm_ids] if ns != 1.0 else []
+        rest = [p for p in params if id(p) not in {id(q) for q in norms}]
+        decay = [p for p in rest if p.ndim > 1 or cfg.decay_biases]
+        no_decay = [p for p in rest if not (p.ndim > 1 or cfg.decay_biases)]
         if decay:
             groups.append({"params": decay, "weight_decay": cfg.weight_decay, "lr_scale": scale, "level": k})
         if no_decay:
             groups.append({"params": no_decay, "weight_decay": 0.0, "lr_scale": scale, "level": k})
+        if norms:
+            wd = cfg.weight_decay / ns if cfg.decay_biases else 0.0
+            groups.append({"params": norms, "weight_decay": wd, "lr_scale": scale * ns, "level": k})
     if not groups:
         from .errors import ConfigError
 

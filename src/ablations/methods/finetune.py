@@ -51,7 +51,8 @@ class Finetune(Supervised):
         mc = cfg.method
         self.model.configure(mc.train_stages, mc.unfreeze_every, mc.bn)
         # a frozen backbone without augmentation: features once, the head trains on them
-        self.cached = mc.cache_features == "auto" and self.model.backbone_frozen() and not self.aug.random
+        self.cached = (mc.cache_features == "auto" and self.model.backbone_frozen() and not self.aug.random
+                       and not (mc.altflip or mc.low_res or mc.tta))  # these change the backbone's inputs
         self.cache_stats: dict = {}  # train + val features: what every epoch would recompute without the cache
         self.test_cache_stats: dict = {}
         if self.cached:

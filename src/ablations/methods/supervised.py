@@ -6,13 +6,16 @@ pipeline on it (batched, on the device), normalises it and returns the loss of t
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
 import torch
 
-from ..config import MethodConfig, RunConfig, RunRef, opt
+import torch.nn.functional as F
+
+from ..config import FieldError, MethodConfig, RunConfig, RunRef, opt
 from ..data.augment import build_pipeline, center_crop, normalize
 from ..data.base import DataSpec, Splits
 from ..data.splits import make_splits
@@ -27,6 +30,23 @@ class SupervisedConfig(MethodConfig):
     """Plain supervised training on the labeled training split."""
     init_from: RunRef = opt(RunRef(""), "another variant of the study whose final weights this run starts from "
                             "(it runs first; same seed); empty: the model's own initialisation")
+    altflip: bool = opt(False, "deterministic flips (airbench): each image flipped at random in epoch 1, then "
+                        "the other way every next epoch (replaces the random `flip` augmentation)")
+    tta: int = opt(0, "test-time augmentation: 0 none, 1 mean of the image and its mirror, 2 also the mirrored "
+                   "pair shifted 1 px up-left and down-right (airbench's level 2 weighting)", ge=0, le=2)
+    lookahead: bool = opt(False, "Lookahead (airbench): every lookahead_every steps the weights move to an EMA of "
+                          "themselves with decay 0.95^5 * (step/total)^3; the last step ends on the EMA")
+    lookahead_every: int = opt(5, "optimiser steps between Lookahead updates", ge=1)
+    low_res: int = opt(0, "progressive resizing: train the first low_res_epochs epochs at this side, px (0: off)",
+                       ge=0)
+    low_res_epochs: int = opt(0, "epochs trained at low_res", ge=0)
+    test_each_epoch: bool = opt(False, "also record the test accuracy (no TTA) after every epoch: time-to-accuracy "
+                                "curves; nothing is chosen by it")
+
+    def check(self) -> None:
+        if (self.low_res > 0) != (self.low_res_epochs > 0):
+            raise FieldError("low_res", "low_res and low_res_epochs go together (both > 0, or both 0), got "
+                             f"{self.low_res} and {self.low_res_epochs}")
 
 
 def build_data(cfg: RunConfig, preprocess: Optional[dict]) -> Splits:
@@ -39,6 +59,17 @@ def build_data(cfg: RunConfig, preprocess: Optional[dict]) -> Splits:
 class Supervised(Method):
     Config = SupervisedConfig
     input = "images"
+
+    @classmethod
+    def check(cls, cfg: RunConfig) -> None:
+        super().check(cfg)
+        mc = cfg.method
+        if getattr(mc, "altflip", False) and any(
+                a == "flip" or (isinstance(a, dict) and "flip" in a) for a in cfg.data.aug.get("train", [])):
+            raise FieldError("method.altflip", "altflip replaces the random flip: drop `flip` from data.aug.train")
+        if getattr(mc, "low_res_epochs", 0) >= cfg.train.epochs > 0:
+            raise FieldError("method.low_res_epochs", f"must be below train.epochs ({cfg.train.epochs}): the last "
+                             f"epochs train at the test resolution, got {mc.low_res_epochs}")
 
     def __init__(self, cfg: RunConfig, rt: Runtime, run_dir: Path, refs: dict[str, Path]):
         super().__init__(cfg, rt, run_dir, refs)
@@ -58,6 +89,13 @@ class Supervised(Method):
         self.mean, self.std = self._stats()
         self.loss_fn = LOSSES.get(cfg.loss.name)(cfg.loss)
         self.aug = build_pipeline(cfg.data.aug.get("train", []))
+        if hasattr(self.model, "init_from_data") and not getattr(cfg.method, "init_from", ""):
+            # data-dependent initialisation (patch whitening) from 5000 training images, unaugmented, drawn at
+            # random (seeded): the stored order may be by class, and 5000 airplanes are not CIFAR's patches
+            t0 = time.perf_counter()
+            pick = torch.randperm(len(d.train_x), generator=torch.Generator().manual_seed(cfg.seed))[:5000]
+            self.model.init_from_data(self.prep(d.train_x[pick].to(rt.device)).float())
+            self.init_s = time.perf_counter() - t0
         dev = rt.device
         # every split on the device once: CIFAR-10 is 150 MB as uint8
         self.tx, self.ty = d.train_x.to(dev), d.train_y.to(dev)
@@ -65,6 +103,15 @@ class Supervised(Method):
         self.bs = min(cfg.train.batch_size, len(self.tx))
         if self.bs < 1:
             raise RunError(f"data {cfg.data.name}: the training split is empty")
+        mc = cfg.method
+        # altflip: each training image's flip in epoch 1 (seeded); later epochs alternate it
+        self.flip0 = (torch.rand(len(self.tx), generator=torch.Generator().manual_seed(cfg.seed * 7919 + 11)) < 0.5
+                      ).to(dev) if getattr(mc, "altflip", False) else None
+        self.ema: Optional[dict[str, torch.Tensor]] = None  # Lookahead's slow weights
+        if getattr(mc, "lookahead", False):
+            self.ema = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.epoch = 0
+        self.init_s = getattr(self, "init_s", 0.0)  # seconds of data-dependent initialisation
 
     def build_model(self, entry, spec: DataSpec) -> torch.nn.Module:
         return entry.obj(self.cfg.model, spec).to(self.rt.device)
@@ -124,11 +171,49 @@ class Supervised(Method):
         need = self.steps_per_epoch() * self.bs
         return torch.cat([torch.randperm(n, generator=gen, device=self.rt.device) for _ in range(math.ceil(need / n))])
 
+    def start_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        hook = getattr(self.model, "on_epoch", None)  # model-carried schedules (the whitening bias freeze)
+        if hook is not None:
+            hook(epoch)
+
     def batches(self, epoch: int, gen: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self.epoch_order(len(self.tx), gen)
+        mc = self.cfg.method
+        low = getattr(mc, "low_res", 0) if epoch <= getattr(mc, "low_res_epochs", 0) else 0
         for i in range(self.steps_per_epoch()):
             idx = order[i * self.bs:(i + 1) * self.bs]
-            yield self.prep(self.tx[idx], gen), self.ty[idx]
+            x = self.tx[idx]
+            if self.flip0 is not None:  # flipped in odd epochs as drawn, in even ones the other way
+                f = self.flip0[idx] ^ (epoch % 2 == 0)
+                x = torch.where(f[:, None, None, None], x.flip(-1), x)
+            x = self.prep(x, gen)
+            if low:  # progressive resizing: fewer pixels, fewer FLOPs, in the first epochs
+                x = F.interpolate(x, size=(low, low), mode="bilinear", antialias=True, align_corners=False)
+            yield x, self.ty[idx]
+
+    def after_step(self, step: int) -> None:
+        if self.ema is None:
+            return
+        every, total = self.cfg.method.lookahead_every, self.steps_per_epoch() * self.cfg.train.epochs
+        if step % every and step < total:
+            return
+        # airbench's Lookahead: slow = lerp(slow, fast, 1 - decay); fast = slow. decay grows from 0 to
+        # 0.95^5 ~ 0.77 as (step/total)^3; the last step copies the slow weights back without a lerp
+        decay = 1.0 if step >= total else 0.95 ** 5 * (step / total) ** 3
+        with torch.no_grad():
+            for (k, slow), fast in zip(self.ema.items(), self.model.state_dict().values()):
+                if fast.is_floating_point():  # BN running stats too; not num_batches_tracked
+                    slow.lerp_(fast, 1 - decay)
+                    fast.copy_(slow)
+
+    def state_dict(self) -> dict:
+        return {"lookahead": self.ema} if self.ema is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.ema is not None and "lookahead" in state:
+            for k, v in state["lookahead"].items():
+                self.ema[k].copy_(v)
 
     def train_step(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x, y = batch
@@ -140,7 +225,8 @@ class Supervised(Method):
 
     def summarize(self, sums: dict[str, float], train_time: float) -> dict[str, float]:
         n = max(sums["n"], 1.0)
-        return {"train_loss": sums["loss"] / n, "train_acc": sums["acc"] / n, "img_per_s": sums["n"] / train_time}
+        return {"train_loss": sums["loss"] / n, "train_acc": sums["acc"] / n, "img_per_s": sums["n"] / train_time,
+                "train_s": train_time, "train_images": int(sums["n"])}
 
     # -- evaluation
     def eval_inputs(self, split: str) -> tuple[torch.Tensor, torch.Tensor, object]:
@@ -150,13 +236,15 @@ class Supervised(Method):
         return self.data.test_x.to(self.rt.device), self.data.test_y.to(self.rt.device), self.prep
 
     @torch.no_grad()
-    def predict(self, split: str) -> tuple[float, float, torch.Tensor]:
-        """Mean loss, accuracy (%) and predictions over a split."""
+    def predict(self, split: str, tta: Optional[int] = None) -> tuple[float, float, torch.Tensor]:
+        """Mean loss, accuracy (%) and predictions over a split (with test-time augmentation `tta`, default
+        the method's)."""
         xs, ys, prep = self.eval_inputs(split)
+        level = getattr(self.cfg.method, "tta", 0) if tta is None else tta
         total, correct, preds = 0.0, 0, []
         for sl in batches(len(xs), self.cfg.train.eval_batch_size):
             with self.rt.autocast():
-                out = self.forward(prep(xs[sl])).float()
+                out = tta_logits(self.forward, prep(xs[sl]), level).float()
             y = ys[sl]
             total += float(self.loss_fn(out, y)) * len(y)
             pred = out.argmax(1)
@@ -167,19 +255,27 @@ class Supervised(Method):
 
     def evaluate(self, split: str) -> dict[str, float]:
         self.train_mode(False)
-        loss, acc, _ = self.predict(split)
-        return {f"{split}_loss": loss, f"{split}_acc": acc}
+        out = {}
+        if len(self.eval_inputs(split)[1]):  # an empty split (val_fraction 0) has no metrics, not 0 %
+            loss, acc, _ = self.predict(split)
+            out = {f"{split}_loss": loss, f"{split}_acc": acc}
+        if split == "val" and getattr(self.cfg.method, "test_each_epoch", False):
+            out["test_acc_no_tta"] = self.predict("test", tta=0)[1]
+        return out
 
     def finish(self, result: dict) -> dict:
         d = self.data
-        out = {"data_source": d.source, "splits": d.splits}
+        out = {"data_source": d.source, "splits": d.splits, "init_s": self.init_s}
         info = getattr(self.model, "info", None)  # what a pretrained backbone loaded (the report's caveats)
         if isinstance(info, dict):
             out.update({k: info[k] for k in ("weights", "bn_folded") if k in info})
         if self.cfg.train.eval_test:
             self.train_mode(False)
+            t0 = time.perf_counter()
             loss, acc, pred = self.predict("test")
-            out.update(test_loss=loss, test_acc=acc)
+            out.update(test_loss=loss, test_acc=acc, test_time_s=time.perf_counter() - t0)  # with its TTA
+            if getattr(self.cfg.method, "tta", 0):
+                out["test_acc_no_tta"] = self.predict("test", tta=0)[1]
             y = d.test_y.cpu()
             wrong = (y != pred).nonzero().flatten()
             # up to 24 misclassified images, spread evenly over the wrong ones (they are ordered by class),
@@ -188,3 +284,29 @@ class Supervised(Method):
             torch.save({"y": y, "pred": pred, "classes": d.classes, "wrong_idx": keep,
                         "wrong_x": d.test_x[keep].cpu()}, self.run_dir / "test_predictions.pt")
         return out
+
+
+def tta_views(x: torch.Tensor, level: int) -> list[tuple[float, torch.Tensor]]:
+    """(weight, view) pairs whose weighted logits make the TTA prediction; weights sum to 1.
+    Level 1: the image and its mirror, 1/2 each. Level 2 (airbench): those two at 1/4 each, and the
+    mirrored pair of the image shifted by 1 px up-left and by 1 px down-right (reflection) at 1/8 each."""
+    if level == 0:
+        return [(1.0, x)]
+    mirror = [(0.5, x), (0.5, x.flip(-1))]
+    if level == 1:
+        return mirror
+    H, W = x.shape[-2:]
+    p = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    shifted = [p[..., 0:H, 0:W], p[..., 2:H + 2, 2:W + 2]]
+    return [(w / 2, v) for w, v in mirror] + [(w / 4, v) for s in shifted for w, v in [(0.5, s), (0.5, s.flip(-1))]]
+
+
+def tta_logits(forward, x: torch.Tensor, level: int) -> torch.Tensor:
+    """The weighted mean of `forward`'s logits over the TTA views of x (B, C, H, W) -> (B, classes)."""
+    views = tta_views(x, level)
+    if len(views) == 1:
+        return forward(x)
+    # one forward over all views stacked: fewer, larger convolutions
+    out = forward(torch.cat([v for _, v in views])).float().view(len(views), len(x), -1)
+    w = torch.tensor([w for w, _ in views], device=out.device).view(-1, 1, 1)
+    return (w * out).sum(0)

@@ -1,0 +1,338 @@
+"""Our fast CIFAR-10 recipe against its peer, airbench94 (PyPI airbench==0.1.8, Keller Jordan), trained one
+after the other in ONE invocation on the same machine and the same lossless CIFAR-10 copy. Writes
+bench/results/cifar_fast.json (and .md) with, for each: final test accuracy with and without TTA, training
+seconds, time to 93 % and 94 %, img/s, achieved GFLOP/s against the CPU's nominal peak, the CPU model and flags.
+
+    .venv/bin/pip install airbench==0.1.8            # a bench-only dependency (not in pyproject)
+    ABLATIONS_DATA=../shared/datasets .venv/bin/python bench/cifar_fast.py
+    .venv/bin/python bench/cifar_fast.py --smoke     # a minute: 2,048 images, both nets, temp --out
+
+The peer runs its own `train94` with its own network and hyper-parameters; `AirbenchOnCPU` (below) changes
+only what ties it to CUDA: the device (its loader gets gpu='cpu'), the dtype (fp32 where its code says
+.half(), or bf16 autocast when our run uses bf16), the timers (torch.cuda.Event -> a perf_counter clock)
+and where its loader reads the data (airbench's own train.pt/test.pt format, written from our lossless copy).
+
+Timing follows airbench: the clock covers the whitening init, the training steps and the final TTA
+evaluation; the per-epoch test evaluations (no TTA) that draw the accuracy curve are outside it. Ours is
+timed the same way from its run records (train seconds per epoch + the final test evaluation).
+"Time to X %" is the clock when the final TTA accuracy reaches X (each schedule is built for its whole
+length, so the end of the run is where X is first reached with TTA); "at epoch end, no TTA" is the first
+epoch whose plain test accuracy reaches X, a lower bound that needs no TTA evaluation per epoch.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ablations import loop, runtime
+from ablations.config import make
+from ablations.registry import DATASETS, MODELS, load_plugins
+from ablations.study import get_study
+
+HERE = Path(__file__).resolve().parent
+
+
+# ---------------------------------------------------------------- FLOPs and the CPU's peak
+
+def train_flops_per_image(model: nn.Module, size: int, n: int = 8) -> float:
+    """FLOPs of one training step (forward + backward) per image at side `size` (torch's counter: 2 per MAC)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(n, 3, size, size)
+    was = model.training
+    model.train()
+    saved = {k: v.clone() for k, v in model.state_dict().items()}  # BN running stats: leave the net untouched
+    with FlopCounterMode(display=False) as fc:
+        model(x).float().sum().backward()
+    model.load_state_dict(saved)
+    model.zero_grad(set_to_none=True)
+    model.train(was)
+    return fc.get_total_flops() / n
+
+
+def cpu_peak_gflops(bf16: bool) -> dict:
+    """Nominal peak: cores x max GHz x FLOPs per cycle per core. FLOPs/cycle assumed: fp32 with AVX-512 64,
+    AVX2+FMA 32 (two FMA units); bf16 with AMX 1024, with AVX512-BF16 128. An upper bound, not a promise."""
+    flags = set(runtime.cpu_flags())
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        text = ""
+    mhz = re.search(r"CPU max MHz:\s*([\d.]+)", text) or re.search(r"CPU MHz:\s*([\d.]+)", text)
+    if mhz is None:
+        try:
+            mhz = re.search(r"cpu MHz\s*:\s*([\d.]+)", Path("/proc/cpuinfo").read_text())
+        except OSError:
+            mhz = None
+    ghz = float(mhz.group(1)) / 1000 if mhz else float("nan")
+    if bf16:
+        per = 1024 if "amx_bf16" in flags else 128 if "avx512_bf16" in flags else 32
+    else:
+        per = 64 if "avx512f" in flags else 32 if "fma" in flags else 16
+    cores = torch.get_num_threads()
+    return {"gflops": cores * ghz * per, "cores": cores, "ghz": ghz, "flops_per_cycle": per,
+            "precision": "bf16" if bf16 else "fp32"}
+
+
+# ---------------------------------------------------------------- the peer on the CPU
+
+class _CPUEvent:
+    """torch.cuda.Event stand-in: record() reads a perf_counter; elapsed_time() returns ms, and adds them to a
+    running total so the per-epoch hook knows the peer's clock (its own total is a local of airbench.train)."""
+    total_s = 0.0
+
+    def __init__(self, **_):
+        self.t = 0.0
+
+    def record(self):
+        self.t = time.perf_counter()
+
+    def elapsed_time(self, end: "_CPUEvent") -> float:
+        dt = end.t - self.t
+        _CPUEvent.total_s += dt
+        return 1000.0 * dt
+
+
+class AirbenchOnCPU:
+    """Runs airbench.train94 unchanged on the CPU (see the module docstring for what is adapted)."""
+
+    def __init__(self, data: dict, workdir: Path, bf16: bool):
+        self.data, self.workdir, self.bf16 = data, Path(workdir), bf16
+        self.curve: list[dict] = []
+
+    def _write(self) -> None:
+        # airbench's own cache format: uint8 NHWC images, int64 labels, class names
+        for split in ("train", "test"):
+            x = self.data[f"{split}_x"].permute(0, 2, 3, 1).contiguous()
+            torch.save({"images": x, "labels": self.data[f"{split}_y"], "classes": list(self.data["classes"])},
+                       self.workdir / f"{split}.pt")
+
+    def run(self, seed: int, epochs: float | None = None) -> tuple[nn.Module, dict]:
+        import airbench.lib_airbench94 as a94
+        import airbench.utils as au
+
+        self._write()
+        workdir, curve = str(self.workdir), self.curve
+        base = au.CifarLoader
+
+        class CPULoader(base):
+            def __init__(self, path, train=True, batch_size=500, aug=None, drop_last=None, shuffle=None,
+                         altflip=False, gpu=0):
+                super().__init__(workdir, train, batch_size, aug, drop_last, shuffle, altflip, gpu="cpu")
+                raw = torch.load(Path(workdir) / ("train.pt" if train else "test.pt"))
+                # fp32 from the bytes (its .half() copy would round the pixels first)
+                self.images = (raw["images"].float() / 255).permute(0, 3, 1, 2).to(memory_format=torch.channels_last)
+
+        evaluate = au.evaluate
+
+        def evaluate_logged(model, loader, tta_level=0):
+            acc = evaluate(model, loader, tta_level)
+            curve.append({"time": _CPUEvent.total_s, "tta_level": tta_level, "test_acc": 100.0 * acc})
+            return acc
+
+        def make_net_cpu():
+            # its make_net94 ends in .half().cuda(): identities here, so the network is built by its own code
+            with _patched(nn.Module, half=lambda self: self, cuda=lambda self, *a, **k: self):
+                return a94.make_net94()
+
+        _CPUEvent.total_s = 0.0
+        torch.manual_seed(seed)
+        amp = torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+        with _patched(au, CifarLoader=CPULoader, evaluate=evaluate_logged), \
+                _patched(torch.cuda, Event=_CPUEvent, synchronize=lambda *a, **k: None), amp:
+            loader = CPULoader("cifar10", train=True, batch_size=a94.hyp["opt"]["batch_size"], aug=a94.hyp["aug"],
+                               altflip=True)
+            kw = {} if epochs is None else {"epochs": epochs}
+            model = a94.train94(loader, make_net=make_net_cpu, run=0, verbose=True, **kw)
+        return model, {"total_s": _CPUEvent.total_s, "curve": list(curve)}
+
+
+@contextlib.contextmanager
+def _patched(obj, **attrs):
+    old = {k: getattr(obj, k) for k in attrs}
+    for k, v in attrs.items():
+        setattr(obj, k, v)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            setattr(obj, k, v)
+
+
+# ---------------------------------------------------------------- summaries
+
+def time_to(curve: list[dict], final_acc: float, total_s: float, goal: float) -> dict:
+    """Clock when `goal` % is reached: with TTA (the run's end) and, as a lower bound, at an epoch end without TTA."""
+    plain = next((c["time"] for c in curve if c["test_acc"] >= goal), None)
+    return {"with_tta_s": total_s if final_acc >= goal else None, "epoch_end_no_tta_s": plain}
+
+
+def summarize(name: str, final: float, final_plain: float, total_s: float, train_s: float, images: int,
+              flops: float, curve: list[dict], peak: dict, target: float) -> dict:
+    return {"name": name, "test_acc_tta": round(final, 2), "test_acc_no_tta": round(final_plain, 2),
+            "time_s": round(total_s, 1), "train_s": round(train_s, 1), "images_trained": images,
+            "img_per_s": round(images / train_s, 1), "train_tflop": round(flops / 1e12, 2),
+            "achieved_gflops": round(flops / train_s / 1e9, 1),
+            "share_of_peak": round(flops / train_s / 1e9 / peak["gflops"], 3) if peak["gflops"] == peak["gflops"] else None,
+            "time_to_93": time_to(curve, final, total_s, 93.0), "time_to_94": time_to(curve, final, total_s, 94.0),
+            f"time_to_{target:.2f}": time_to(curve, final, total_s, target), "curve": curve}
+
+
+def run_ours(study: str, preset: str, variant: str, seed: int, out: Path, sets: dict) -> tuple[dict, object]:
+    cfg = get_study(study).resolve(preset, [variant], seeds=1, sets={"method.test_each_epoch": True, **sets})[0]
+    import dataclasses
+    cfg = dataclasses.replace(cfg, seed=seed)
+    run_dir = out / f"{variant}-seed{seed}"
+    records: list[dict] = []
+    result = loop.run(cfg, run_dir, overwrite=True, on_epoch=records.append)
+    return {"cfg": cfg, "records": records, "result": result, "run_dir": run_dir}, cfg
+
+
+def ours_summary(r: dict, peak: dict, target: float) -> dict:
+    cfg, recs, res = r["cfg"], r["records"], r["result"]
+    # FLOPs per image at each epoch's resolution, counted on the run's own network
+    from ablations.data.base import DataSpec
+
+    net = MODELS.get(cfg.model.name)(cfg.model, DataSpec(classes=[str(i) for i in range(10)], image_size=32))
+    mc = cfg.method
+    flops, t, images, curve = 0.0, res.get("init_s", 0.0), 0, []
+    per = {}
+    for rec in recs:
+        size = mc.low_res if rec["epoch"] <= mc.low_res_epochs else 32
+        if size not in per:
+            per[size] = train_flops_per_image(net, size)
+        n = rec["train_images"]
+        flops += per[size] * n
+        images += n
+        t += rec["train_s"]
+        curve.append({"epoch": rec["epoch"], "time": t, "tta_level": 0, "test_acc": rec["test_acc_no_tta"]})
+    train_s = t
+    total = t + res["test_time_s"]
+    return summarize(f"ours ({cfg.study} {cfg.variant})", res["test_acc"], res.get("test_acc_no_tta", res["test_acc"]),
+                     total, train_s, images, flops, curve, peak, target)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--variant", default="low_res", help="our cifar10-fast variant (default: low_res)")
+    ap.add_argument("--preset", default="headline")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", choices=["ours", "peer"], help="one side only (the goal needs both in one run)")
+    ap.add_argument("--out", default=None, help="results JSON (default bench/results/cifar_fast.json)")
+    ap.add_argument("--smoke", action="store_true", help="2,048 training images, 1 epoch each: checks the plumbing")
+    a = ap.parse_args()
+    load_plugins()
+    smoke = a.smoke
+    out_path = Path(a.out) if a.out else (Path(tempfile.mkdtemp(prefix="cifar_fast_")) / "cifar_fast.json" if smoke
+                                          else HERE / "results" / "cifar_fast.json")
+    work = Path(tempfile.mkdtemp(prefix="cifar_fast_runs_"))
+    sets = {"data.limit": 2048, "data.limit_eval": 1000, "train.epochs": 2, "optim.warmup": 0.5,
+            "method.low_res_epochs": 1} if smoke else {}
+    if smoke and a.variant != "low_res":
+        sets.pop("method.low_res_epochs")
+    probe = make({"data": {"name": "cifar10"}})  # precision the way our runs pick it
+    rt = runtime.setup(probe.train, 0)
+    bf16 = rt.dtype == torch.bfloat16
+    peak = cpu_peak_gflops(bf16)
+    target = 94.01
+    report = {"machine": runtime.cpu_model(), "cpu_flags": runtime.cpu_flags(), "threads": torch.get_num_threads(),
+              "torch": torch.__version__, "precision": rt.precision, "peak": peak,
+              "date": time.strftime("%Y-%m-%d %H:%M"), "smoke": smoke,
+              "command": " ".join(["python bench/cifar_fast.py", *sys.argv[1:]]), "results": {}}
+
+    def save():
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(report, indent=2) + "\n")
+        out_path.with_suffix(".md").write_text(markdown(report))
+
+    if a.only != "ours":
+        import airbench.lib_airbench94 as a94
+
+        raw = DATASETS.get("cifar10")(make({"data": {"name": "cifar10"}}).data)
+        # the lossless copy is stored class by class; airbench's own data (the official batches) is in random
+        # order and it whitens from the first 5000 images: one fixed shuffle gives it what it expects
+        g = torch.Generator().manual_seed(0)
+        tr, te = torch.randperm(len(raw.train_x), generator=g), torch.randperm(len(raw.test_x), generator=g)
+        if smoke:
+            tr, te = tr[:2048], te[:1000]
+        data = {"train_x": raw.train_x[tr], "train_y": raw.train_y[tr], "test_x": raw.test_x[te],
+                "test_y": raw.test_y[te], "classes": raw.classes}
+        peer = AirbenchOnCPU(data, work, bf16)
+        epochs = 2 if smoke else None
+        model, info = peer.run(a.seed, epochs)
+        curve = info["curve"]
+        final = [c for c in curve if c["tta_level"] > 0][-1]["test_acc"]
+        plain = [c for c in curve if c["tta_level"] == 0]
+        n_train = len(data["train_x"])
+        bs = a94.hyp["opt"]["batch_size"]
+        ep = epochs or a94.hyp["opt"]["train_epochs"]
+        images = math.ceil(n_train // bs * ep) * bs
+        fl = train_flops_per_image(model.float(), 32)
+        # the peer's clock at each epoch end is a train time; its last entry (after TTA) is the total
+        train_s = plain[-1]["time"] if plain else info["total_s"]
+        report["results"]["airbench94"] = summarize(
+            "airbench94 (airbench==0.1.8 train94, unchanged)", final, plain[-1]["test_acc"] if plain else float("nan"),
+            info["total_s"], train_s, images, fl * images, plain, peak, target)
+        report["results"]["airbench94"]["epochs"] = ep
+        save()
+    if a.only != "peer":
+        r, cfg = run_ours("cifar10-fast", a.preset, a.variant, a.seed, work, sets)
+        report["results"]["ours"] = ours_summary(r, peak, target)
+        report["results"]["ours"]["config"] = {"study": "cifar10-fast", "preset": a.preset, "variant": a.variant,
+                                              "sets": sets}
+        save()
+    res = report["results"]
+    if "ours" in res and "airbench94" in res:
+        peer_acc = res["airbench94"]["test_acc_tta"]
+        goal = min(peer_acc, 94.0)
+        t_peer, t_ours = time_to_goal(res["airbench94"], goal), time_to_goal(res["ours"], goal)
+        report["goal"] = {"accuracy": goal, "peer_s": t_peer, "ours_s": t_ours,
+                          "ratio": round(t_ours / t_peer, 3) if t_ours and t_peer else None,
+                          "met": bool(t_ours and t_peer and t_ours <= 0.7 * t_peer)}
+        save()
+    print(markdown(report))
+    print(f"wrote {out_path}")
+
+
+def time_to_goal(r: dict, goal: float) -> float | None:
+    return r["time_s"] if r["test_acc_tta"] >= goal else None
+
+
+def markdown(rep: dict) -> str:
+    p = rep["peak"]
+    lines = [f"# Fast CIFAR-10: ours vs airbench94 on one machine{' (SMOKE: plumbing only)' if rep['smoke'] else ''}",
+             "", f"{rep['machine']}, {p['cores']} threads, {rep['precision']}; flags: {', '.join(rep['cpu_flags'])}; "
+             f"torch {rep['torch']}; {rep['date']}. Nominal peak {p['gflops']:.0f} GFLOP/s ({p['cores']} x "
+             f"{p['ghz']:.2f} GHz x {p['flops_per_cycle']} FLOP/cycle). Command: `{rep['command']}`.", "",
+             "| run | test % (TTA) | test % (no TTA) | time s | train s | img/s | achieved GFLOP/s (of peak) | "
+             "to 93 % (TTA) | to 94 % (TTA) |", "|---|---|---|---|---|---|---|---|---|"]
+
+    def fmt(x):
+        return "not reached" if x is None else f"{x:.0f} s"
+
+    for r in rep["results"].values():
+        share = f" ({100 * r['share_of_peak']:.0f} %)" if r.get("share_of_peak") is not None else ""
+        lines.append(f"| {r['name']} | {r['test_acc_tta']:.2f} | {r['test_acc_no_tta']:.2f} | {r['time_s']:.0f} | "
+                     f"{r['train_s']:.0f} | {r['img_per_s']:.0f} | {r['achieved_gflops']:.0f}{share} | "
+                     f"{fmt(r['time_to_93']['with_tta_s'])} | {fmt(r['time_to_94']['with_tta_s'])} |")
+    g = rep.get("goal")
+    if g:
+        lines += ["", f"Goal: reach min(airbench94's final accuracy of this run, 94 %) = {g['accuracy']:.2f} % in <= 0.7x "
+                  f"its time. Peer {fmt(g['peer_s'])}, ours {fmt(g['ours_s'])}: ratio "
+                  f"{g['ratio'] if g['ratio'] is not None else 'n/a'} -> {'MET' if g['met'] else 'MISSED'}."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
