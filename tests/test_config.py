@@ -111,7 +111,7 @@ def test_study_errors(tmp_path, tiny_study):
         get_study("cifar10-regularisation")
 
 
-SCHEDULES = ["constant", "step", "cosine", "warmup_cosine", "cosine_restarts", "onecycle"]
+SCHEDULES = ["constant", "step", "cosine", "warmup_cosine", "cosine_restarts", "onecycle", "triangle"]
 
 
 @settings(max_examples=60, deadline=None)

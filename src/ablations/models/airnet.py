@@ -105,6 +105,13 @@ class AirNet(nn.Module):
         self.pool = nn.AdaptiveMaxPool2d(1)  # = airbench's MaxPool2d(3) on its 3x3 map; any input size
         self.head = nn.Linear(w3, num_classes, bias=False)
 
+    def fixed_by_design(self) -> list[str]:
+        """Names of the parameters this configuration never trains (the whitening filters, frozen BN scales)."""
+        names = ["stem.weight"] if self.cfg.whiten else []
+        if not self.cfg.bn_weight:
+            names += [n for n, m in self.named_modules() if isinstance(m, _BN) for n in [f"{n}.weight"]]
+        return names
+
     @torch.no_grad()
     def init_from_data(self, x: torch.Tensor) -> None:
         """Patch-whitening of the first layer from normalised training images x (N, 3, H, W)."""

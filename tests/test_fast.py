@@ -1,0 +1,224 @@
+"""The fast CIFAR recipe (model airnet + the supervised switches of study cifar10-fast): every variant builds
+and trains; TTA is the weighted mean of its views; the whitening init is what its formula says; alternating
+flips alternate; progressive resizing trains small then full; Lookahead resumes exactly; the optimiser's
+norm lr scale and the triangle schedule do what they say; bad combinations are refused at load."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ablations import loop
+from ablations import rundir as rd
+from ablations.config import ConfigError, OptimConfig, make
+from ablations.data.base import DataSpec
+from ablations.methods.supervised import Supervised, tta_logits, tta_views
+from ablations.models.airnet import AirNet, AirNetConfig, whitening_filters
+from ablations.optim import build_optimizer, lr_factor
+from ablations.runtime import setup
+from ablations.study import get_study
+
+# the study's smoke preset on made-up data: no dataset files needed
+SYNTH = {"data.name": "synthetic", "data.n_train": 192, "data.n_test": 64, "train.threads": 1}
+STUDY = get_study("cifar10-fast")
+
+
+@pytest.mark.parametrize("variant", list(STUDY.variants))
+def test_every_variant_builds_and_trains(variant, tmp_path):
+    cfg = STUDY.resolve("smoke", [variant], sets=SYNTH)[0]
+    res = loop.run(cfg, tmp_path / variant)
+    recs = rd.read_metrics(tmp_path / variant / rd.METRICS)
+    assert len(recs) == cfg.train.epochs and all(math.isfinite(r["train_loss"]) for r in recs)
+    assert 0 <= res["test_acc"] <= 100 and res["best_epoch"] is None  # no validation split: no best epoch
+    if cfg.method.tta:
+        assert "test_acc_no_tta" in res
+
+
+def test_recipe_learns_the_synthetic_task(tmp_path):
+    # a pipeline bug (labels shuffled against images, a broken TTA view) stays at chance, 10 %; the smoke net
+    # (widths 8/16/16, logits / 9) learns slowly: measured 36 % after these 6 epochs
+    cfg = STUDY.resolve("smoke", ["recipe"], sets={**SYNTH, "data.n_train": 512, "data.n_test": 128,
+                                                   "train.epochs": 6, "optim.lr": 0.3})[0]
+    assert loop.run(cfg, tmp_path / "r")["test_acc"] > 25
+
+
+def test_tta_is_the_weighted_mean_of_its_views():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(5))
+    x = torch.randn(3, 3, 8, 8)
+    net(x)
+    f = net
+    assert torch.allclose(tta_logits(f, x, 0), f(x))
+    assert torch.allclose(tta_logits(f, x, 1), (f(x) + f(x.flip(-1))) / 2, atol=1e-6)
+    # airbench's level 2, written out: mirror mean of the image, and of it shifted 1 px both ways
+    p = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    up_left, down_right = p[..., :8, :8], p[..., 2:, 2:]
+
+    def m(v):
+        return (f(v) + f(v.flip(-1))) / 2
+
+    want = 0.5 * m(x) + 0.5 * (m(up_left) + m(down_right)) / 2
+    assert torch.allclose(tta_logits(f, x, 2), want, atol=1e-6)
+    for level in (0, 1, 2):
+        assert sum(w for w, _ in tta_views(x, level)) == pytest.approx(1.0)
+
+
+def test_whitening_init_follows_its_formula():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 3, 5, 5, generator=g) * torch.tensor([1.0, 2.0, 0.5]).view(1, 3, 1, 1)
+    k, eps = 2, 5e-4
+    w = whitening_filters(x, k, eps)
+    assert w.shape == (2 * 3 * k * k, 3, k, k)
+    half = w[:12].reshape(12, -1)
+    assert torch.equal(w[12:], -w[:12])
+    # the patches by hand, (C, kh, kw) order like a conv weight
+    patches = torch.stack([x[n, :, i:i + k, j:j + k].reshape(-1) for n in range(6) for i in range(4) for j in range(4)])
+    cov = patches.T @ patches / len(patches)
+    lam = torch.linalg.eigvalsh(cov).flip(0)
+    # filters whiten: W C W^T = diag(lambda / (lambda + eps)), eigenvalues in descending order
+    assert torch.allclose(half @ cov @ half.T, torch.diag(lam / (lam + eps)), atol=1e-4)
+    # and the model's stem is exactly those filters, frozen
+    net = AirNet(AirNetConfig(widths=(8, 8, 8)), 10)
+    net.init_from_data(x)
+    assert torch.equal(net.stem.weight, w) and not net.stem.weight.requires_grad
+    out = net.stem(x) - net.stem.bias.view(1, -1, 1, 1)  # conv = patch projection
+    assert torch.allclose(out[0, :12, 0, 0], half @ patches[0], atol=1e-5)
+
+
+def test_dirac_init_is_identity_on_the_first_channels():
+    net = AirNet(AirNetConfig(widths=(8, 16, 16)), 10)
+    conv = net.groups[1].conv2  # 16 -> 16: the whole conv is the identity
+    h = torch.randn(2, 16, 6, 6)
+    assert torch.allclose(conv(h), h)
+    c1 = net.groups[1].conv1  # 8 -> 16: the first 8 outputs copy the input
+    assert torch.allclose(c1(h[:, :8])[:, :8], h[:, :8])
+    assert not torch.allclose(AirNet(AirNetConfig(widths=(8, 16, 16), dirac=False), 10).groups[1].conv2(h), h)
+
+
+def test_airnet_switches_and_sizes():
+    torch.manual_seed(0)
+    for cfg in (AirNetConfig(widths=(8, 8, 8)), AirNetConfig(widths=(8, 8, 8), whiten=False, bn_weight=True, residual=True,
+                                                             act="relu")):
+        net = AirNet(cfg, 10)
+        for side in (16, 24, 32):  # the adaptive pool takes any size progressive resizing uses
+            assert net(torch.randn(2, 3, side, side)).shape == (2, 10)
+    learned = AirNet(AirNetConfig(widths=(8, 8, 8), whiten=False, bn_weight=True), 10)
+    assert all(p.requires_grad for p in learned.parameters())
+    frozen = AirNet(AirNetConfig(widths=(8, 8, 8)), 10)
+    assert not frozen.stem.weight.requires_grad and not frozen.groups[0].norm1.weight.requires_grad
+    frozen.on_epoch(3)
+    assert frozen.stem.bias.requires_grad
+    frozen.on_epoch(4)  # whiten_bias_epochs 3: frozen from epoch 4
+    assert not frozen.stem.bias.requires_grad
+
+
+def _method(tmp_path, **over):
+    cfg = STUDY.resolve("smoke", ["recipe"], sets={**SYNTH, **over})[0]
+    return Supervised(cfg, setup(cfg.train, cfg.seed), tmp_path, {})
+
+
+def test_altflip_alternates_each_images_flip(tmp_path):
+    m = _method(tmp_path, **{"data.aug.train": []})
+    m.prep = lambda x, gen=None, pipeline=None: x  # the stored bytes, as they leave batches()
+    seen = {}
+    for epoch in (1, 2, 3):
+        g = torch.Generator().manual_seed(epoch)
+        order = m.epoch_order(len(m.tx), torch.Generator().manual_seed(epoch))
+        for i, (x, _) in enumerate(m.batches(epoch, g)):
+            idx = order[i * m.bs:(i + 1) * m.bs]
+            for j, n in enumerate(idx.tolist()):
+                flipped = torch.equal(x[j], m.tx[n].flip(-1))
+                assert flipped or torch.equal(x[j], m.tx[n])
+                seen.setdefault(n, []).append(flipped)
+    # the synthetic patterns are not mirror-symmetric, so every image's state is told apart
+    for n, states in seen.items():
+        assert states == [bool(m.flip0[n]), not m.flip0[n], bool(m.flip0[n])][:len(states)]
+    assert 0.3 < m.flip0.float().mean() < 0.7
+
+
+def test_progressive_resizing_trains_small_then_full(tmp_path):
+    m = _method(tmp_path, **{"method.low_res": 16, "method.low_res_epochs": 1})
+    g = torch.Generator().manual_seed(0)
+    assert next(iter(m.batches(1, g)))[0].shape[-1] == 16
+    assert next(iter(m.batches(2, g)))[0].shape[-1] == 32
+
+
+def test_lookahead_pulls_weights_toward_the_slow_copy(tmp_path):
+    m = _method(tmp_path)
+    w = next(p for p in m.model.parameters() if p.ndim == 4 and p.requires_grad)
+    start = w.detach().clone()
+    with torch.no_grad():
+        w.add_(1.0)
+    total = m.steps_per_epoch() * m.cfg.train.epochs
+    m.after_step(1)  # not a Lookahead step (every 5): nothing moves
+    assert torch.allclose(w, start + 1)
+    m.after_step(5)
+    d = 0.95 ** 5 * (5 / total) ** 3
+    assert torch.allclose(w, start + (1 - d), atol=1e-6)  # slow = lerp(slow, fast, 1 - d); fast = slow
+
+
+def test_lookahead_run_resumes_exactly(tmp_path, monkeypatch):
+    cfg = STUDY.resolve("smoke", ["recipe"], sets={**SYNTH, "train.epochs": 3})[0]
+    full = loop.run(cfg, tmp_path / "full")
+    real = rd.save_checkpoint
+
+    def die(path, state):
+        real(path, state)
+        if state["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(rd, "save_checkpoint", die)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run(cfg, tmp_path / "cut")
+    monkeypatch.setattr(rd, "save_checkpoint", real)
+    resumed = loop.run(cfg, tmp_path / "cut", resume=True)
+    assert resumed["test_acc"] == full["test_acc"]
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(tmp_path / "full" / rd.FINAL)), load_file(str(tmp_path / "cut" / rd.FINAL))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_norm_lr_scale_keeps_the_decay_per_step():
+    net = AirNet(AirNetConfig(widths=(8, 8, 8)), 10)
+    oc = OptimConfig(name="nesterov", lr=1.5, weight_decay=0.001, norm_lr_scale=64, decay_biases=True)
+    opt = build_optimizer(oc, net)
+    norm_ids = {id(p) for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()}
+    for g in opt.param_groups:
+        is_norm = {id(p) in norm_ids for p in g["params"]}
+        assert len(is_norm) == 1
+        if is_norm.pop():
+            assert g["lr"] == pytest.approx(1.5 * 64) and g["weight_decay"] == pytest.approx(0.001 / 64)
+        else:
+            assert g["lr"] == pytest.approx(1.5) and g["weight_decay"] == pytest.approx(0.001)
+    plain = build_optimizer(OptimConfig(weight_decay=0.001), net)  # defaults: no decay on 1-d params
+    assert {g["weight_decay"] for g in plain.param_groups if all(p.ndim == 1 for p in g["params"])} == {0.0}
+
+
+@settings(max_examples=60, deadline=None)
+@given(total=st.integers(2, 3000), peak=st.floats(0, 1), start=st.floats(0, 1), end=st.floats(0, 1))
+def test_triangle_schedule_shape(total, peak, start, end):
+    spe = 10
+    cfg = OptimConfig(schedule="triangle", warmup=peak * total / spe, start_lr=start, min_lr=end)
+    fs = [lr_factor(s, total, spe, cfg) for s in range(total + 1)]
+    warm = int(round(cfg.warmup * spe))
+    assert all(0 <= f <= 1 + 1e-12 for f in fs)
+    assert fs[0] == pytest.approx(start if warm else 1.0) and fs[total] == pytest.approx(end if warm < total else fs[total])
+    if 0 < warm < total:
+        assert fs[warm] == pytest.approx(1.0)
+        assert all(a <= b + 1e-12 for a, b in zip(fs[:warm], fs[1:warm + 1]))  # up to the peak
+    assert all(a >= b - 1e-12 for a, b in zip(fs[warm:], fs[warm + 1:]))  # then down
+
+
+@pytest.mark.parametrize("sets, match", [
+    ({"method.altflip": True, "data.aug.train": ["flip"]}, "altflip replaces the random flip"),
+    ({"method.low_res": 24}, "low_res and low_res_epochs go together"),
+    ({"method.low_res": 24, "method.low_res_epochs": 2, "train.epochs": 2}, "must be below train.epochs"),
+    ({"method.tta": 3}, "method.tta"),
+    ({"model.widths": [8, 0, 8]}, r"widths\[1\]"),
+])
+def test_bad_combinations_are_refused_at_load(sets, match):
+    with pytest.raises(ConfigError, match=match):
+        STUDY.resolve("smoke", ["recipe"], sets=sets)
