@@ -149,7 +149,13 @@ class AirbenchOnCPU:
         _CPUEvent.total_s = 0.0
         torch.manual_seed(seed)
         amp = torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
-        with _patched(au, CifarLoader=CPULoader, evaluate=evaluate_logged), \
+        whiten = au.init_whitening_conv
+
+        def whiten_fp32(*args, **kw):  # the covariance and eigh in fp32 even under bf16 autocast (as ours)
+            with torch.autocast("cpu", enabled=False):
+                return whiten(*args, **kw)
+
+        with _patched(au, CifarLoader=CPULoader, evaluate=evaluate_logged, init_whitening_conv=whiten_fp32), \
                 _patched(torch.cuda, Event=_CPUEvent, synchronize=lambda *a, **k: None), amp:
             loader = CPULoader("cifar10", train=True, batch_size=a94.hyp["opt"]["batch_size"], aug=a94.hyp["aug"],
                                altflip=True)
@@ -212,15 +218,53 @@ def ours_summary(r: dict, peak: dict, target: float) -> dict:
         size = mc.low_res if rec["epoch"] <= mc.low_res_epochs else 32
         if size not in per:
             per[size] = train_flops_per_image(net, size)
-        n = rec["train_images"]
+        n = rec["epoch_images"]
         flops += per[size] * n
         images += n
-        t += rec["train_s"]
+        t += rec["epoch_train_s"]
         curve.append({"epoch": rec["epoch"], "time": t, "tta_level": 0, "test_acc": rec["test_acc_no_tta"]})
     train_s = t
     total = t + res["test_time_s"]
     return summarize(f"ours ({cfg.study} {cfg.variant})", res["test_acc"], res.get("test_acc_no_tta", res["test_acc"]),
                      total, train_s, images, flops, curve, peak, target)
+
+
+def profile(out: Path, batch: int = 512, steps: int = 2) -> str:
+    """Where a training step of the recipe's network goes (convolutions vs the rest), torch's profiler, on
+    random inputs at 32 px: the answer to "what limits it". Writes the op table to `out`."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as tprofile
+
+    from ablations.data.base import DataSpec
+
+    cfg = get_study("cifar10-fast").resolve("headline", ["recipe"], sets={"train.device": "cpu"})[0]
+    net = MODELS.get("airnet")(cfg.model, DataSpec(classes=[str(i) for i in range(10)], image_size=32))
+    net = net.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.01, momentum=0.85, nesterov=True)
+    x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,))
+
+    def step():
+        loss = nn.functional.cross_entropy(net(x), y, label_smoothing=0.2)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    for _ in range(2):  # oneDNN builds its kernels on the first calls
+        step()
+    with tprofile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    ev = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in ev)
+    conv = sum(e.self_cpu_time_total for e in ev if "convolution" in e.key)
+    head = (f"{runtime.cpu_model()}, {torch.get_num_threads()} threads, fp32, batch {batch}, {steps} steps: "
+            f"convolution (forward + backward) {100 * conv / total:.1f} % of the CPU time, the rest "
+            f"{100 - 100 * conv / total:.1f} %\n\n")
+    text = head + ev.table(sort_by="self_cpu_time_total", row_limit=15)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + "\n")
+    return text
 
 
 def main() -> None:
@@ -231,17 +275,23 @@ def main() -> None:
     ap.add_argument("--only", choices=["ours", "peer"], help="one side only (the goal needs both in one run)")
     ap.add_argument("--out", default=None, help="results JSON (default bench/results/cifar_fast.json)")
     ap.add_argument("--smoke", action="store_true", help="2,048 training images, 1 epoch each: checks the plumbing")
+    ap.add_argument("--profile", action="store_true", help="only profile a training step of our network "
+                    "(writes bench/results/cifar_fast_profile.txt)")
     a = ap.parse_args()
     load_plugins()
+    if a.profile:
+        print(profile(HERE / "results" / "cifar_fast_profile.txt"))
+        return
     smoke = a.smoke
     out_path = Path(a.out) if a.out else (Path(tempfile.mkdtemp(prefix="cifar_fast_")) / "cifar_fast.json" if smoke
                                           else HERE / "results" / "cifar_fast.json")
     work = Path(tempfile.mkdtemp(prefix="cifar_fast_runs_"))
-    sets = {"data.limit": 2048, "data.limit_eval": 1000, "train.epochs": 2, "optim.warmup": 0.5,
+    sets = {"train.device": "cpu"}  # the peer runs on the CPU: so does ours, even on a GPU host
+    sets |= {"data.limit": 2048, "data.limit_eval": 1000, "train.epochs": 2, "optim.warmup": 0.5,
             "method.low_res_epochs": 1} if smoke else {}
-    if smoke and a.variant != "low_res":
+    if smoke and a.variant != "low_res" and "method.low_res_epochs" in sets:
         sets.pop("method.low_res_epochs")
-    probe = make({"data": {"name": "cifar10"}})  # precision the way our runs pick it
+    probe = make({"data": {"name": "cifar10"}, "train": {"device": "cpu"}})  # precision the way our runs pick it
     rt = runtime.setup(probe.train, 0)
     bf16 = rt.dtype == torch.bfloat16
     peak = cpu_peak_gflops(bf16)
@@ -257,7 +307,14 @@ def main() -> None:
         out_path.with_suffix(".md").write_text(markdown(report))
 
     if a.only != "ours":
+        from importlib import metadata
+
         import airbench.lib_airbench94 as a94
+
+        if metadata.version("airbench") != "0.1.8":
+            sys.exit(f"bench/cifar_fast.py: the peer is airbench==0.1.8; installed: {metadata.version('airbench')} "
+                     "(pip install airbench==0.1.8)")
+        report["peer_version"] = "airbench==0.1.8"
 
         raw = DATASETS.get("cifar10")(make({"data": {"name": "cifar10"}}).data)
         # the lossless copy is stored class by class; airbench's own data (the official batches) is in random

@@ -159,6 +159,21 @@ def test_lookahead_pulls_weights_toward_the_slow_copy(tmp_path):
     assert torch.allclose(w, start + (1 - d), atol=1e-6)  # slow = lerp(slow, fast, 1 - d); fast = slow
 
 
+@pytest.mark.parametrize("every", [4, 3])  # 6 steps in all: the last step is not / is an update step
+def test_lookahead_ends_on_the_slow_weights(tmp_path, every):
+    m = _method(tmp_path, **{"method.lookahead_every": every})
+    total = m.steps_per_epoch() * m.cfg.train.epochs
+    assert total == 6
+    w = next(p for p in m.model.parameters() if p.ndim == 4 and p.requires_grad)
+    start = w.detach().clone()
+    with torch.no_grad():
+        w.add_(1.0)
+    m.after_step(total)
+    # airbench: an update step first blends (decay 0.95^5 at the end), then the run copies the slow weights
+    moved = 1 - 0.95 ** 5 if total % every == 0 else 0.0
+    assert torch.allclose(w, start + moved, atol=1e-6)
+
+
 def test_lookahead_run_resumes_exactly(tmp_path, monkeypatch):
     cfg = STUDY.resolve("smoke", ["recipe"], sets={**SYNTH, "train.epochs": 3})[0]
     full = loop.run(cfg, tmp_path / "full")

@@ -43,7 +43,7 @@ SMALL = {
         "train": {"epochs": 3, "steps_per_epoch": 4, "batch_size": 4, "threads": 1}},
 }
 NOT_TRAINED = {"zeroshot": "trains nothing; needs ImageNet weights and classes: tests/test_transfer.py"}
-TIME_KEYS = ("epoch_time", "time", "img_per_s", "tokens_per_s", "examples_per_s", "train_s")
+TIME_KEYS = ("epoch_time", "time", "img_per_s", "tokens_per_s", "examples_per_s", "epoch_train_s")
 
 
 def cfg(method: str, tmp_path, **over):

@@ -90,7 +90,7 @@ class OptimConfig(Section):
     name: Literal["sgd", "nesterov", "adam", "adamw"] = opt("sgd", "optimiser")
     lr: float = opt(0.001, "peak learning rate", gt=0)
     momentum: float = opt(0.9, "SGD momentum", ge=0, lt=1)
-    weight_decay: float = opt(0.0, "L2 (sgd/adam) or decoupled (adamw) decay; never on biases or norms", ge=0)
+    weight_decay: float = opt(0.0, "L2 (sgd/adam) or decoupled (adamw) decay; not on biases or norms unless decay_biases", ge=0)
     betas: tuple[float, float] = opt((0.9, 0.999), "Adam betas")
     schedule: Literal["constant", "step", "cosine", "warmup_cosine", "cosine_restarts", "onecycle", "triangle"] = opt(
         "constant", "learning-rate schedule (a pure function of the step)")

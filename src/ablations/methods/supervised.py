@@ -196,16 +196,20 @@ class Supervised(Method):
         if self.ema is None:
             return
         every, total = self.cfg.method.lookahead_every, self.steps_per_epoch() * self.cfg.train.epochs
-        if step % every and step < total:
-            return
-        # airbench's Lookahead: slow = lerp(slow, fast, 1 - decay); fast = slow. decay grows from 0 to
-        # 0.95^5 ~ 0.77 as (step/total)^3; the last step copies the slow weights back without a lerp
-        decay = 1.0 if step >= total else 0.95 ** 5 * (step / total) ** 3
-        with torch.no_grad():
-            for (k, slow), fast in zip(self.ema.items(), self.model.state_dict().values()):
-                if fast.is_floating_point():  # BN running stats too; not num_batches_tracked
-                    slow.lerp_(fast, 1 - decay)
-                    fast.copy_(slow)
+        # airbench's Lookahead: every `every` steps slow = lerp(slow, fast, 1 - decay) and fast = slow, decay
+        # growing from 0 to 0.95^5 ~ 0.77 as (step/total)^3; after the last step (blended first if it is an
+        # update step) the run ends on the slow weights
+        if step % every == 0:
+            self._lookahead(0.95 ** 5 * (min(step, total) / total) ** 3)
+        if step >= total:
+            self._lookahead(1.0)
+
+    @torch.no_grad()
+    def _lookahead(self, decay: float) -> None:
+        for slow, fast in zip(self.ema.values(), self.model.state_dict().values()):
+            if fast.is_floating_point():  # BN running stats too; not num_batches_tracked
+                slow.lerp_(fast, 1 - decay)
+                fast.copy_(slow)
 
     def state_dict(self) -> dict:
         return {"lookahead": self.ema} if self.ema is not None else {}
@@ -226,7 +230,7 @@ class Supervised(Method):
     def summarize(self, sums: dict[str, float], train_time: float) -> dict[str, float]:
         n = max(sums["n"], 1.0)
         return {"train_loss": sums["loss"] / n, "train_acc": sums["acc"] / n, "img_per_s": sums["n"] / train_time,
-                "train_s": train_time, "train_images": int(sums["n"])}
+                "epoch_train_s": train_time, "epoch_images": int(sums["n"])}
 
     # -- evaluation
     def eval_inputs(self, split: str) -> tuple[torch.Tensor, torch.Tensor, object]:
@@ -306,7 +310,5 @@ def tta_logits(forward, x: torch.Tensor, level: int) -> torch.Tensor:
     views = tta_views(x, level)
     if len(views) == 1:
         return forward(x)
-    # one forward over all views stacked: fewer, larger convolutions
-    out = forward(torch.cat([v for _, v in views])).float().view(len(views), len(x), -1)
-    w = torch.tensor([w for w, _ in views], device=out.device).view(-1, 1, 1)
-    return (w * out).sum(0)
+    # one view at a time: memory of one batch (a 224 px backbone with 6 views stacked would need 6x)
+    return sum(w * forward(v).float() for w, v in views)

@@ -61,10 +61,11 @@ def fmt_ms(m: float, s: float, n: int, digits: int = 2) -> str:
 def results_table(runs: list[Run]) -> str:
     metric = runs[0].config.get("metric", "test_acc")
     goal = runs[0].config.get("goal", "max")
-    head = ("| variant | target | " + metric + " (mean ± std) | seeds | vs target | best epoch | epochs "
-            "| wall time / run | device |")
-    lines = [head, "|" + "---|" * 9]
-    for v in _variant_order(runs):
+    order = _variant_order(runs)
+    head = ("| variant | target | " + metric + " (mean ± std) | seeds | vs target | vs " + order[0] +
+            " | best epoch | epochs | wall time / run | device |")
+    lines = [head, "|" + "---|" * 10]
+    for v in order:
         rs = [r for r in runs if r.variant == v]
         done = [r for r in rs if r.result is not None and isinstance(r.result.get(metric), (int, float))]
         vals = [float(r.result[metric]) for r in done]
@@ -77,14 +78,41 @@ def results_table(runs: list[Run]) -> str:
             # "within 2" is the course's tolerance in accuracy points; a loss gets no tolerance
             near = " (within 2)" if goal == "max" and metric.endswith("acc") and diff >= -2 else " ✗"
             gap = f"{'+' if diff >= 0 else ''}{diff:.2f}" + (" ✓" if diff >= 0 else near)
-        best = ", ".join(str(r.result.get("best_epoch", "")) for r in done)
+        best = ", ".join(str(r.result.get("best_epoch") or "—") for r in done)
+        cmp = _compare(runs, order[0], v, metric, goal)
+        vs_ref = "reference" if v == order[0] else _fmt_compare(cmp)
         epochs = ", ".join(str(r.result.get("epochs", "")) for r in done)
         wall = mean_std([r.wall_time for r in done])[0] if done else float("nan")
         dev = done[0].result.get("device", "") + "/" + done[0].result.get("precision", "") if done else ""
         missing = f" ({len(rs) - len(done)} unfinished)" if len(done) < len(rs) else ""
         lines.append(f"| {v} | {'' if target is None else f'{target:g}'} | {fmt_ms(m, s, len(vals))}{missing} "
-                     f"| {len(vals)} | {gap} | {best} | {epochs} | {_dur(wall)} | {dev} |")
+                     f"| {len(vals)} | {gap} | {vs_ref} | {best} | {epochs} | {_dur(wall)} | {dev} |")
     return "\n".join(lines)
+
+
+def _fmt_compare(cmp: dict | None) -> str:
+    if not cmp:
+        return ""
+    p = "" if cmp["p"] is None else f", p={cmp['p']:.2g}"
+    return f"{cmp['diff']:+.2f} ({cmp['verdict']}{p})"
+
+
+def _values(runs: list[Run], variant: str, metric: str) -> list[float]:
+    return [float(r.result[metric]) for r in runs
+            if r.variant == variant and r.result and isinstance(r.result.get(metric), (int, float))]
+
+
+def _compare(runs: list[Run], ref: str, v: str, metric: str, goal: str) -> dict | None:
+    """The variant against the study's first variant: difference of means (positive = better) and the
+    verdict of report/stats.py (Welch's t-test; never 'significant' within the seed spread)."""
+    from .stats import verdict
+
+    a, b = _values(runs, ref, metric), _values(runs, v, metric)
+    if not a or not b or v == ref:
+        return None
+    diff = statistics.fmean(b) - statistics.fmean(a)
+    word, p = verdict(a, b)
+    return {"diff": diff if goal == "max" else -diff, "verdict": word, "p": p}
 
 
 def _dur(sec: float) -> str:
@@ -169,9 +197,12 @@ def render_markdown(runs: list[Run], out: Path) -> str:
                 line += " Splits: " + "; ".join(f"{k}: {v}" for k, v in splits.items()) + "."
             parts += [line]
         best_by = _best_by(c0)
-        parts += [f"'vs target' is positive where the target is met. 'best epoch' is the epoch of {best_by} "
-                  "(for information; the reported number is the final model's). 'wall time' includes data "
-                  "loading and evaluation.", ""]
+        parts += [f"'vs target' is positive where the target is met. 'vs {_variant_order(runs)[0]}': the "
+                  "difference of means (positive = better) and Welch's t-test over seeds; a difference within the "
+                  "seed spread (the larger std) is 'not significant' whatever p says, and one seed tests nothing. "
+                  f"'best epoch' is the epoch of {best_by} (for information; the reported number is the final "
+                  "model's; — when there is no validation split). 'wall time' includes data loading and "
+                  "evaluation.", ""]
     if st.get("notes"):
         parts += [st["notes"].strip(), ""]
     curves = plot_curves(runs, out)
@@ -240,6 +271,10 @@ def summary_rows(runs: list[Run]) -> list[dict]:
                      "std": "" if len(vals) < 2 else f"{s:.6g}", "seeds": len(vals), "runs": len(rs),
                      "target": "" if target is None else f"{target:g}", "met": met,
                      "wall_time_s": "" if not walls else f"{statistics.fmean(walls):.1f}"})
+        cmp = _compare(runs, _variant_order(runs)[0], v, metric, goal)
+        rows[-1].update({"vs_reference": "" if not cmp else f"{cmp['diff']:.6g}",
+                         "verdict": "reference" if v == _variant_order(runs)[0] else (cmp or {}).get("verdict", ""),
+                         "p_value": "" if not cmp or cmp["p"] is None else f"{cmp['p']:.4g}"})
     return rows
 
 
