@@ -126,10 +126,10 @@ def test_report_from_fake_run_files(tmp_path):
     from ablations.config import make
     from ablations.report.render import write_report
 
-    for seed, acc in ((0, 70.0), (1, 74.0)):
-        d = tmp_path / "s" / "v1" / f"seed{seed}"
+    for variant, seed, acc in (("v1", 0, 70.0), ("v1", 1, 74.0), ("v2", 0, 80.0), ("v2", 1, 81.0)):
+        d = tmp_path / "s" / variant / f"seed{seed}"
         d.mkdir(parents=True)
-        cfg = make(study="fake", variant="v1", seed=seed, target=73.0).to_dict()
+        cfg = make(study="fake", variant=variant, seed=seed, target=73.0 if variant == "v1" else None).to_dict()
         (d / rt.CONFIG).write_text(json.dumps(cfg))
         (d / rt.METRICS).write_text("".join(json.dumps({"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e,
                                                         "train_acc": 50 + e, "val_acc": 45 + e}) + "\n"
@@ -137,11 +137,16 @@ def test_report_from_fake_run_files(tmp_path):
         (d / rt.RESULT).write_text(json.dumps({"test_acc": acc, "best_epoch": 3, "epochs": 3, "wall_time": 90,
                                                "device": "cpu", "precision": "bfloat16"}))
     md = write_report(tmp_path / "s").read_text()
-    assert "| v1 | 73 | 72.00 ± 2.83 | 2 | -1.00 (within 2) | 3, 3 | 3, 3 | 90 s | cpu/bfloat16 |" in md
-    assert "total wall time 3.0 min" in md
+    from ablations.report.stats import welch
+
+    p = welch([70.0, 74.0], [80.0, 81.0])[2]  # the second variant against the first: Welch's t-test
+    assert "| v1 | 73 | 72.00 ± 2.83 | 2 | -1.00 (within 2) | reference | 3, 3 | 3, 3 | 90 s | cpu/bfloat16 |" in md
+    assert f"| v2 |  | 80.50 ± 0.71 | 2 |  | +8.50 (not significant, p={p:.2g}) | 3, 3 |" in md and p > 0.05
+    assert "total wall time 6.0 min" in md
     csv = (tmp_path / "s" / "summary.csv").read_text().splitlines()
-    assert csv == ["variant,metric,mean,std,seeds,runs,target,met,wall_time_s",
-                   "v1,test_acc,72,2.82843,2,2,73,false,90.0"]
+    assert csv == ["variant,metric,mean,std,seeds,runs,target,met,wall_time_s,vs_reference,verdict,p_value",
+                   "v1,test_acc,72,2.82843,2,2,73,false,90.0,,reference,",
+                   f"v2,test_acc,80.5,0.707107,2,2,,,90.0,8.5,not significant,{p:.4g}"]
     # --copy-to: the Markdown and its PNGs land in docs/, links rewritten
     dest = write_report(tmp_path / "s", copy_to=tmp_path / "docs" / "fake.md")
     assert dest == tmp_path / "docs" / "fake.md"
@@ -167,7 +172,7 @@ def _interrupt_after_epoch(monkeypatch, epoch):
 
 
 def _metrics(d):
-    return [{k: v for k, v in r.items() if k not in ("epoch_time", "time", "img_per_s")}
+    return [{k: v for k, v in r.items() if k not in ("epoch_time", "time", "img_per_s", "epoch_train_s")}
             for r in rt.read_metrics(d / rt.METRICS)]
 
 

@@ -160,7 +160,9 @@ def test_study_runs_every_variant(study_run):
     assert max(r["test_acc"] for r in res.values()) > 50, {v: r["test_acc"] for v, r in res.items()}
     cfg = {v: json.loads((sdir / v / "seed0" / rd.CONFIG).read_text()) for v in variants}
     assert cfg["grayscale"]["data"]["aug"] == {"train": [{"grayscale": 0.5}]}
-    assert cfg["mixup"]["method"] == {"name": "mixup", "alpha": 0.4, "init_from": ""}
+    method = cfg["mixup"]["method"]  # its own key, and supervised's it inherits, at their defaults
+    assert {k: method[k] for k in ("name", "alpha", "init_from", "tta")} == {"name": "mixup", "alpha": 0.4,
+                                                                             "init_from": "", "tta": 0}
     assert cfg["baseline"]["loss"] == {"name": "focal", "gamma": 2.0, "label_smoothing": 0.0}
     assert cfg["baseline"]["model"] == {"name": "tinycnn", "width": 8, "dropout": 0.0}
     # the run reference: baseline ran first and mixup_warm started from its final weights (only it)

@@ -183,7 +183,7 @@ def test_key_of_another_entry_names_its_owner(section, name):
 def test_foreign_key_examples():
     # the lookup above finds something for the entries where a real user mistake is likely
     assert _foreign_key("model", "vgg3")[0] in {f.name for f in fields(MODELS.entry("lstm").Config)} | \
-        {f.name for f in fields(MODELS.entry("resnet18").Config)}
+        {f.name for f in fields(MODELS.entry("resnet18").Config)} | {f.name for f in fields(MODELS.entry("airnet").Config)}
     key, _, owners = _foreign_key("data", "cifar10")
     assert "synthetic" in owners or "pets" in owners, (key, owners)
     assert _foreign_key("loss", "ce") is None  # every loss has the same keys

@@ -132,4 +132,5 @@ class AirNet(nn.Module):
 
 @MODELS.register("airnet", AirNetConfig, input="images")
 def airnet(cfg: AirNetConfig, spec) -> nn.Module:
+    """airbench94's network (whitening stem, 3 conv groups, 1/9 logits); every trick a switch."""
     return AirNet(cfg, len(spec.classes))
