@@ -44,3 +44,39 @@ variants:
     set: {model.dropout: 0.1, model.batch_norm: true, data.aug.train: [flip, {translate: 2}]}
 """)
     return p
+
+
+@pytest.fixture
+def interrupt_after(monkeypatch):
+    """interrupt_after(epoch) -> restore: from now on a run stops with KeyboardInterrupt right after epoch
+    `epoch`'s checkpoint, as if the machine went down there; restore() undoes it (so does the test's end)."""
+    from ablations import rundir as rd
+
+    def patch(epoch: int):
+        real = rd.save_checkpoint
+
+        def save_then_die(path, state):
+            real(path, state)
+            if state["epoch"] == epoch:
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(rd, "save_checkpoint", save_then_die)
+        return lambda: monkeypatch.setattr(rd, "save_checkpoint", real)
+
+    return patch
+
+
+@pytest.fixture
+def interrupted_run(interrupt_after):
+    """interrupted_run(cfg, run_dir, epoch=2): loop.run stopped right after epoch `epoch`'s checkpoint."""
+    from ablations import loop
+
+    def run(cfg, run_dir, epoch: int = 2) -> None:
+        restore = interrupt_after(epoch)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                loop.run(cfg, run_dir)
+        finally:
+            restore()
+
+    return run

@@ -159,31 +159,19 @@ def test_report_from_fake_run_files(tmp_path):
     assert text.startswith("<!-- how it was made -->\n> measured here\n\n# ") and "stale" not in text
 
 
-def _interrupt_after_epoch(monkeypatch, epoch):
-    real = rt.save_checkpoint
-
-    def save_then_die(path, state):
-        real(path, state)
-        if state["epoch"] == epoch:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(rt, "save_checkpoint", save_then_die)
-    return real
-
-
 def _metrics(d):
     return [{k: v for k, v in r.items() if k not in ("epoch_time", "time", "img_per_s", "epoch_train_s")}
             for r in rt.read_metrics(d / rt.METRICS)]
 
 
 @pytest.mark.parametrize("how", ["resume", "continue"])
-def test_cli_resume_equals_uninterrupted(tmp_path, tiny_study, monkeypatch, capsys, how):
+def test_cli_resume_equals_uninterrupted(tmp_path, tiny_study, interrupt_after, capsys, how):
     """`ablations resume DIR` and `run --continue` after a crash give what an uninterrupted run gives."""
     sets = ["--set", "train.epochs=3", "--variant", "regular"]
     assert main(["run", str(tiny_study), "--out", str(tmp_path / "full"), *sets]) == 0
-    real = _interrupt_after_epoch(monkeypatch, 2)
+    restore = interrupt_after(2)
     assert main(["run", str(tiny_study), "--out", str(tmp_path / "cut"), *sets]) == 130
-    monkeypatch.setattr(rt, "save_checkpoint", real)
+    restore()
     cut = tmp_path / "cut" / "tiny" / "smoke" / "regular" / "seed0"
     full = tmp_path / "full" / "tiny" / "smoke" / "regular" / "seed0"
     assert not (cut / rt.RESULT).exists()
@@ -198,8 +186,8 @@ def test_cli_resume_equals_uninterrupted(tmp_path, tiny_study, monkeypatch, caps
 
 
 @pytest.mark.parametrize("damage", [b"", b"garbage, not a checkpoint", "half"])
-def test_corrupt_checkpoint_one_line_nothing_touched(tmp_path, tiny_study, monkeypatch, capsys, damage):
-    _interrupt_after_epoch(monkeypatch, 1)
+def test_corrupt_checkpoint_one_line_nothing_touched(tmp_path, tiny_study, interrupt_after, capsys, damage):
+    interrupt_after(1)
     assert main(["run", str(tiny_study), "--out", str(tmp_path / "o"), "--variant", "plain"]) == 130
     d = tmp_path / "o" / "tiny" / "smoke" / "plain" / "seed0"
     ck = d / rt.CHECKPOINT

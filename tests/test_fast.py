@@ -174,20 +174,11 @@ def test_lookahead_ends_on_the_slow_weights(tmp_path, every):
     assert torch.allclose(w, start + moved, atol=1e-6)
 
 
-def test_lookahead_run_resumes_exactly(tmp_path, monkeypatch):
-    cfg = STUDY.resolve("smoke", ["recipe"], sets={**SYNTH, "train.epochs": 3})[0]
+def test_lookahead_run_resumes_exactly(tmp_path, interrupted_run):
+    # 5 epochs, cut after 4: the whitening bias froze after epoch 3, before the cut (whiten_bias_epochs 3)
+    cfg = STUDY.resolve("smoke", ["recipe"], sets={**SYNTH, "train.epochs": 5})[0]
     full = loop.run(cfg, tmp_path / "full")
-    real = rd.save_checkpoint
-
-    def die(path, state):
-        real(path, state)
-        if state["epoch"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(rd, "save_checkpoint", die)
-    with pytest.raises(KeyboardInterrupt):
-        loop.run(cfg, tmp_path / "cut")
-    monkeypatch.setattr(rd, "save_checkpoint", real)
+    interrupted_run(cfg, tmp_path / "cut", epoch=4)
     resumed = loop.run(cfg, tmp_path / "cut", resume=True)
     assert resumed["test_acc"] == full["test_acc"]
     from safetensors.torch import load_file

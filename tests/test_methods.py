@@ -87,19 +87,9 @@ def test_same_seed_same_metrics(method, tmp_path):
 
 
 @pytest.mark.parametrize("method", sorted(SMALL))
-def test_resume_equals_uninterrupted(method, tmp_path, monkeypatch):
+def test_resume_equals_uninterrupted(method, tmp_path, interrupted_run):
     full = loop.run(cfg(method, tmp_path), tmp_path / "full")
-    real_save = rd.save_checkpoint
-
-    def save_then_die(path, state):
-        real_save(path, state)
-        if state["epoch"] == 2:
-            raise KeyboardInterrupt  # as if the machine stopped right after epoch 2's checkpoint
-
-    monkeypatch.setattr(rd, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        loop.run(cfg(method, tmp_path), tmp_path / "cut")
-    monkeypatch.setattr(rd, "save_checkpoint", real_save)
+    interrupted_run(cfg(method, tmp_path), tmp_path / "cut", epoch=2)
     cut = tmp_path / "cut"
     assert not (cut / rd.RESULT).exists() and not (cut / rd.LOCK).exists()
     resumed = loop.run(cfg(method, tmp_path), cut, resume=True)

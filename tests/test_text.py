@@ -191,22 +191,11 @@ def test_run_writes_the_run_files(corpus, tmp_path):
     assert rd.read_json(d / rd.CONFIG)["method"]["name"] == "language_model"
 
 
-def test_resume_equals_an_uninterrupted_run(corpus, tmp_path, monkeypatch):
+def test_resume_equals_an_uninterrupted_run(corpus, tmp_path, interrupted_run):
     cfg = lm_config(corpus, **{"method.carry_state": True})
     full, cut = tmp_path / "full", tmp_path / "cut"
     ref = loop.run(cfg, full)
-
-    real_save = rd.save_checkpoint
-
-    def crash_after_epoch_2(path, state):
-        real_save(path, state)
-        if state["epoch"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(rd, "save_checkpoint", crash_after_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        loop.run(cfg, cut)
-    monkeypatch.setattr(rd, "save_checkpoint", real_save)
+    interrupted_run(cfg, cut, epoch=2)
     assert not (cut / rd.RESULT).exists() and not (cut / rd.FINAL).exists()
     assert rd.load_checkpoint(cut / rd.CHECKPOINT)["epoch"] == 2
     with open(cut / rd.METRICS, "a") as f:  # a half-written record of epoch 3 from the crash
