@@ -12,8 +12,7 @@ from hypothesis import strategies as st
 
 from ablations import loop
 from ablations import rundir as rd
-from ablations.config import ConfigError, OptimConfig, make
-from ablations.data.base import DataSpec
+from ablations.config import ConfigError, OptimConfig
 from ablations.methods.supervised import Supervised, tta_logits, tta_views
 from ablations.models.airnet import AirNet, AirNetConfig, whitening_filters
 from ablations.optim import build_optimizer, lr_factor

@@ -72,7 +72,7 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
         params = [p for p in params if p.requires_grad]
         scale = cfg.layer_decay ** k
         norms = [p for p in params if id(p) in norm_ids] if ns != 1.0 else []
-        rest = [p for p in params if id(p) not in {id(q) for q in norms}]
+        rest = [p for p in params if not (ns != 1.0 and id(p) in norm_ids)]
         decay = [p for p in rest if p.ndim > 1 or cfg.decay_biases]
         no_decay = [p for p in rest if not (p.ndim > 1 or cfg.decay_biases)]
         if decay:

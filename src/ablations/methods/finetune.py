@@ -75,6 +75,7 @@ class Finetune(Supervised):
         return super().prep(x, gen, pipeline)
 
     def start_epoch(self, epoch: int) -> None:
+        super().start_epoch(epoch)  # the model's own per-epoch hook, if it has one
         self.model.set_epoch(epoch)  # gradual unfreezing
 
     def eval_inputs(self, split: str):

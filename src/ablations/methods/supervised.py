@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import torch
-
 import torch.nn.functional as F
 
 from ..config import FieldError, MethodConfig, RunConfig, RunRef, opt
@@ -89,6 +88,7 @@ class Supervised(Method):
         self.mean, self.std = self._stats()
         self.loss_fn = LOSSES.get(cfg.loss.name)(cfg.loss)
         self.aug = build_pipeline(cfg.data.aug.get("train", []))
+        self.init_s = 0.0  # seconds of data-dependent initialisation
         if hasattr(self.model, "init_from_data") and not getattr(cfg.method, "init_from", ""):
             # data-dependent initialisation (patch whitening) from 5000 training images, unaugmented, drawn at
             # random (seeded): the stored order may be by class, and 5000 airplanes are not CIFAR's patches
@@ -110,8 +110,6 @@ class Supervised(Method):
         self.ema: Optional[dict[str, torch.Tensor]] = None  # Lookahead's slow weights
         if getattr(mc, "lookahead", False):
             self.ema = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        self.epoch = 0
-        self.init_s = getattr(self, "init_s", 0.0)  # seconds of data-dependent initialisation
 
     def build_model(self, entry, spec: DataSpec) -> torch.nn.Module:
         return entry.obj(self.cfg.model, spec).to(self.rt.device)
@@ -172,7 +170,6 @@ class Supervised(Method):
         return torch.cat([torch.randperm(n, generator=gen, device=self.rt.device) for _ in range(math.ceil(need / n))])
 
     def start_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
         hook = getattr(self.model, "on_epoch", None)  # model-carried schedules (the whitening bias freeze)
         if hook is not None:
             hook(epoch)
