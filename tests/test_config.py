@@ -1,4 +1,5 @@
 import dataclasses
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -189,3 +190,19 @@ def test_study_sections_are_checked_and_rendered(tmp_path, tiny_study):
     assert main(["run", str(good), "--out", str(tmp_path / "o"), "--variant", "plain"]) == 0
     md = (tmp_path / "o" / "tiny" / "smoke" / "report.md").read_text()
     assert "## Transfer learning" in md  # the study asked for it; its method (supervised) does not
+
+
+def test_variant_seeds_override_the_study_per_preset(tmp_path, tiny_study):
+    p = tmp_path / "seeded.yaml"
+    p.write_text(tiny_study.read_text().replace("    target: 60\n", "    target: 60\n    seeds: {smoke: 3}\n"))
+    st = get_study(str(p))
+    runs = [(c.variant, c.seed) for c in st.resolve("smoke")]
+    assert sorted(runs) == [("plain", 0), ("regular", 0), ("regular", 1), ("regular", 2)]
+    assert runs[:2] == [("plain", 0), ("regular", 0)]  # seed-major order: every variant's first seed comes first
+    assert sorted(c.seed for c in st.resolve("smoke", seeds=2)) == [0, 0, 1, 1]  # --seeds wins
+    for bad, words in [("seeds: 0", "variants.regular.seeds must be an integer >= 1"),
+                       ("seeds: {fast: 3}", "variants.regular.seeds.fast: no preset 'fast'"),
+                       ("seeds: {smoke: two}", "variants.regular.seeds.smoke must be an integer")]:
+        p.write_text(tiny_study.read_text().replace("    target: 60\n", f"    target: 60\n    {bad}\n"))
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            get_study(str(p))

@@ -64,3 +64,54 @@ def test_vgg_layout(blocks, opts):
     n_bn = sum(isinstance(l, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d)) for l in m.modules())
     assert n_bn == (2 * blocks + 1 if opts.get("batch_norm") else 0)
     assert m(torch.randn(4, 3, 32, 32)).shape == (4, 10)
+
+
+def _convnet(**opts):
+    from ablations.models.convnet import ConvNetConfig
+
+    spec = DataSpec(classes=[str(i) for i in range(10)], image_size=32)
+    return MODELS.get("convnet")(ConvNetConfig(name="convnet", **opts), spec)
+
+
+@pytest.mark.parametrize("opts", [{}, {"head": "gap"}, {"head": "gap", "downsample": "stride"},
+                                  {"head": "gap", "downsample": "stride", "residual": True},
+                                  {"head": "gap", "downsample": "stride", "residual": True, "blocks": 4},
+                                  {"blocks": 4}, {"residual": True, "norm": "batch", "dropout": 0.1}])
+def test_convnet_steps_keep_the_resolutions(opts):
+    """Max-pool and stride-2 run each block's convs at the same sizes (32/16/8/4 px): only the named change
+    differs. Shortcuts are 1x1 projections exactly where the block changes shape (every block: 3->32->64...)."""
+    m = _convnet(**opts)
+    sizes = []
+    for c in (l for l in m.modules() if isinstance(l, torch.nn.Conv2d) and l.kernel_size == (3, 3)):
+        c.register_forward_hook(lambda mod, i, o: sizes.append((o.shape[1], o.shape[-1])))
+    assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    blocks = opts.get("blocks", 3)
+    assert sizes == [(32 * 2**b, 32 >> b) for b in range(blocks) for _ in range(2)]
+    shortcuts = [l for l in m.modules() if isinstance(l, torch.nn.Conv2d) and l.kernel_size == (1, 1)]
+    assert len(shortcuts) == (blocks if opts.get("residual") else 0)  # every block changes the channels
+    assert any(isinstance(l, torch.nn.Linear) and l.out_features == 128 for l in m.modules()) == \
+        (opts.get("head", "dense") == "dense")
+
+
+@pytest.mark.parametrize("norm,groups_of_32", [("batch", None), ("layer", 1), ("instance", 32), ("group", 8)])
+def test_convnet_norms_normalise_what_they_say(norm, groups_of_32):
+    m = _convnet(norm=norm, groups=8, head="gap", downsample="stride", residual=True)
+    first = m.features[0].norm1
+    if norm == "batch":
+        assert isinstance(first, torch.nn.BatchNorm2d)
+    else:
+        assert isinstance(first, torch.nn.GroupNorm) and first.num_groups == groups_of_32
+        # a group norm's output has zero mean and unit variance within each (sample, group)
+        y = first(torch.randn(3, 32, 8, 8) * 5 + 2).reshape(3, groups_of_32, -1)
+        assert torch.allclose(y.mean(-1), torch.zeros(3, groups_of_32), atol=1e-4)
+        assert torch.allclose(y.var(-1, unbiased=False), torch.ones(3, groups_of_32), atol=1e-2)
+    # every norm has per-channel affine parameters and the convs drop their biases: same parameter count
+    assert sum(p.numel() for p in m.parameters()) == sum(p.numel() for p in _convnet(
+        norm="batch", head="gap", downsample="stride", residual=True).parameters())
+
+
+def test_convnet_bad_groups_name_the_key():
+    from ablations.config import ConfigError, make
+
+    with pytest.raises(ConfigError, match="model.groups.*5 does not divide block 1's 32 channels"):
+        make({"model": {"name": "convnet", "norm": "group", "groups": 5}})

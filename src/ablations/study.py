@@ -29,6 +29,12 @@ class Variant:
     target: Optional[float]
     presets: dict
     description: str = ""
+    # this variant's seed count where it differs from the study's (a comparison that answers the question):
+    # an int for every preset, or {preset: int}
+    seeds: Any = None
+
+    def n_seeds(self, preset: str) -> Optional[int]:
+        return self.seeds.get(preset) if isinstance(self.seeds, dict) else self.seeds
 
 
 @dataclass(frozen=True)
@@ -80,9 +86,8 @@ class Study:
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ConfigError(f"study {self.name}: unknown variant {v!r}{hint}; "
                                   f"choices: {', '.join(self.variants)}")
-        n_seeds = seeds if seeds is not None else self.seeds
-        if n_seeds < 1:
-            raise ConfigError(f"--seeds must be >= 1, got {n_seeds}")
+        if seeds is not None and seeds < 1:
+            raise ConfigError(f"--seeds must be >= 1, got {seeds}")
         # the chosen variants and everything they reference, references first (depth-first, cycles refused)
         order: list[str] = []
         cfgs: dict[str, RunConfig] = {}
@@ -103,12 +108,19 @@ class Study:
 
         for v in variants or list(self.variants):
             visit(v, ())
-        return [dataclasses.replace(cfgs[v], seed=cfgs[v].seed + s) for s in range(n_seeds) for v in order]
+        # --seeds wins; else the variant's own count, else the study's; a referenced run gets as many seeds as
+        # the most-seeded variant that references it (order lists references first)
+        n = {v: seeds if seeds is not None else (self.variants[v].n_seeds(preset) or self.seeds) for v in order}
+        for v in reversed(order):
+            for ref in cfgs[v].refs().values():
+                n[ref] = max(n[ref], n[v])
+        return [dataclasses.replace(cfgs[v], seed=cfgs[v].seed + s)
+                for s in range(max(n.values())) for v in order if s < n[v]]
 
 
 _TOP_KEYS = {"name", "title", "description", "metric", "goal", "seeds", "default_preset", "base",
              "presets", "variants", "notes", "sections"}
-_VARIANT_KEYS = {"set", "target", "presets", "description"}
+_VARIANT_KEYS = {"set", "target", "presets", "description", "seeds"}
 
 
 def load_study(path: Path) -> Study:
@@ -143,8 +155,18 @@ def load_study(path: Path) -> Study:
         target = v.get("target")
         if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float))):
             raise ConfigError(f"{path}: variants.{vname}.target must be a number, got {target!r}")
+        vseeds = v.get("seeds")
+        for key, n in (vseeds.items() if isinstance(vseeds, dict) else [(None, vseeds)]):
+            if n is None and key is None:
+                continue
+            where = f"variants.{vname}.seeds" + (f".{key}" if key is not None else "")
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ConfigError(f"{path}: {where} must be an integer >= 1 (or a mapping preset: integer), "
+                                  f"got {n!r}")
+            if key is not None and key not in (raw["presets"] or {}):
+                raise ConfigError(f"{path}: {where}: no preset {key!r}; presets: {', '.join(raw['presets'] or {})}")
         variants[str(vname)] = Variant(str(vname), v.get("set") or {}, None if target is None else float(target),
-                                       v.get("presets") or {}, v.get("description", ""))
+                                       v.get("presets") or {}, v.get("description", ""), vseeds)
     presets = {str(k): (p or {}) for k, p in (raw["presets"] or {}).items()}
     if not presets:
         raise ConfigError(f"{path}: presets must name at least one preset (e.g. smoke: {{}})")
