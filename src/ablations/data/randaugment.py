@@ -10,7 +10,9 @@ Op set and magnitude ranges follow torchvision (v0.29 `_augmentation_space`): Ra
 magnitude `magnitude` of `bins` (31) bins, TrivialAugment's "wide" ranges with a uniformly drawn bin; signed
 ops (shear, translate, rotate, the enhance factors) take a random sign. Differences from torchvision, on
 purpose: geometric ops reflect at the borders instead of filling black (as translate/crop in augment.py: a
-black border is far from the data's mean after normalisation), and sampling is bilinear.
+black border is far from the data's mean after normalisation), sampling is bilinear, and shear is about the
+image centre (torchvision shears about the top-left corner, so its bottom row moves up to m * H, ours
++-m * H / 2). Values stay float between an image's ops (torchvision rounds to uint8 after each).
 """
 from __future__ import annotations
 
@@ -25,18 +27,19 @@ from .augment import Aug, AugConfig, _back, _rand, _to_float
 
 OPS = ("identity", "shear_x", "shear_y", "translate_x", "translate_y", "rotate", "brightness", "color",
        "contrast", "sharpness", "posterize", "solarize", "autocontrast", "equalize")
-_GREY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as PIL / torchvision
+_GREY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as PIL (torchvision: 0.2989 for red)
 
 
 def op_magnitude(op: str, level: torch.Tensor, bins: int, wide: bool, side: int) -> torch.Tensor:
     """Per-image magnitude of `op` at integer bin `level` (0..bins-1), torchvision's ranges (units: shear
-    as tan, translate in pixels of a `side`-pixel image, rotate in degrees, enhance as a factor offset,
+    as tan, translate in whole pixels (truncated, as torchvision) of an image `side` pixels along the shift
+    (width for translate_x, height for translate_y), rotate in degrees, enhance as a factor offset,
     posterize in bits kept, solarize as a 0..1 threshold)."""
     f = level.float() / (bins - 1)  # 0..1
     if op in ("shear_x", "shear_y"):
         return f * (0.99 if wide else 0.3)
     if op in ("translate_x", "translate_y"):
-        return f * (32.0 if wide else 150.0 / 331.0 * side)
+        return (f * (32.0 if wide else 150.0 / 331.0 * side)).trunc()
     if op == "rotate":
         return f * (135.0 if wide else 30.0)
     if op in ("brightness", "color", "contrast", "sharpness"):
@@ -161,7 +164,8 @@ class RandOps(Aug):
                 idx = (which == k).nonzero().squeeze(1)
                 if idx.numel() == 0 or op == "identity":
                     continue
-                m = op_magnitude(op, level[idx], self.bins, self.wide, x.shape[-1])
+                side = x.shape[-2] if op == "translate_y" else x.shape[-1]
+                m = op_magnitude(op, level[idx], self.bins, self.wide, side)
                 if op in _SIGNED:
                     m = m * sign[idx]
                 y[idx] = apply_op(y[idx], op, m.to(y.dtype), top)

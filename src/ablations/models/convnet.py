@@ -13,8 +13,9 @@
 
 With head=dense, downsample=maxpool, residual=False, blocks=3 and norm=none this is the tutorial's VGG (vgg3)
 up to the position of batch norm (vgg3 puts it after the ReLU, as the tutorial does). Both max-pool and stride
-run every block's convolutions at the same resolutions (32/16/8/4 px), so each step changes the architecture,
-not the compute, except the head and a 4th block.
+run every block's 3x3 convolutions at the same resolutions (32/16/8/4 px), so the 3x3 convs cost the same in
+every step; what changes the compute is the head (with stride and a dense head, the head sees 8 px, not 4),
+the skips' 1x1 projection convs, and a 4th block.
 """
 from __future__ import annotations
 
@@ -94,7 +95,7 @@ class ConvNet(nn.Module):
             c = cfg.width * 2**b
             stride = 2 if cfg.downsample == "stride" and b > 0 else 1
             layers.append(Block(cfg, c_in, c, stride))
-            side //= stride
+            side = -(-side // stride)  # a padded stride-2 conv gives ceil(side / 2)
             if cfg.downsample == "maxpool":
                 layers.append(nn.MaxPool2d(2))
                 side //= 2
