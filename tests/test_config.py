@@ -206,3 +206,13 @@ def test_variant_seeds_override_the_study_per_preset(tmp_path, tiny_study):
         p.write_text(tiny_study.read_text().replace("    target: 60\n", f"    target: 60\n    {bad}\n"))
         with pytest.raises(ConfigError, match=re.escape(words)):
             get_study(str(p))
+
+
+def test_study_seeds_per_preset(tmp_path, tiny_study):
+    p = tmp_path / "seeded.yaml"
+    p.write_text(tiny_study.read_text().replace("metric: test_acc\n", "metric: test_acc\nseeds: {smoke: 2}\n"))
+    assert sorted((c.variant, c.seed) for c in get_study(str(p)).resolve("smoke")) == \
+        [("plain", 0), ("plain", 1), ("regular", 0), ("regular", 1)]
+    p.write_text(tiny_study.read_text().replace("metric: test_acc\n", "metric: test_acc\nseeds: {full: 2}\n"))
+    with pytest.raises(ConfigError, match=re.escape("seeds.full: no preset 'full'; presets: smoke")):
+        get_study(str(p))

@@ -45,7 +45,7 @@ class Study:
     description: str
     metric: str
     goal: str
-    seeds: int
+    seeds: Any  # an int for every preset, or {preset: int} (1 where a preset is not named)
     default_preset: str
     base: dict
     presets: dict
@@ -108,9 +108,10 @@ class Study:
 
         for v in variants or list(self.variants):
             visit(v, ())
+        study_n = self.seeds.get(preset, 1) if isinstance(self.seeds, dict) else self.seeds
         # --seeds wins; else the variant's own count, else the study's; a referenced run gets as many seeds as
         # the most-seeded variant that references it (order lists references first)
-        n = {v: seeds if seeds is not None else (self.variants[v].n_seeds(preset) or self.seeds) for v in order}
+        n = {v: seeds if seeds is not None else (self.variants[v].n_seeds(preset) or study_n) for v in order}
         for v in reversed(order):
             for ref in cfgs[v].refs().values():
                 n[ref] = max(n[ref], n[v])
@@ -121,6 +122,19 @@ class Study:
 _TOP_KEYS = {"name", "title", "description", "metric", "goal", "seeds", "default_preset", "base",
              "presets", "variants", "notes", "sections"}
 _VARIANT_KEYS = {"set", "target", "presets", "description", "seeds"}
+
+
+def _check_seeds(path: Path, where: str, spec: Any, presets: dict) -> Any:
+    """A seed count: None (not given), an integer >= 1, or {preset: integer >= 1}."""
+    for key, n in (spec.items() if isinstance(spec, dict) else [(None, spec)]):
+        if n is None and key is None:
+            continue
+        at = where + (f".{key}" if key is not None else "")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"{path}: {at} must be an integer >= 1 (or a mapping preset: integer), got {n!r}")
+        if key is not None and key not in presets:
+            raise ConfigError(f"{path}: {at}: no preset {key!r}; presets: {', '.join(presets)}")
+    return spec
 
 
 def load_study(path: Path) -> Study:
@@ -155,24 +169,13 @@ def load_study(path: Path) -> Study:
         target = v.get("target")
         if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float))):
             raise ConfigError(f"{path}: variants.{vname}.target must be a number, got {target!r}")
-        vseeds = v.get("seeds")
-        for key, n in (vseeds.items() if isinstance(vseeds, dict) else [(None, vseeds)]):
-            if n is None and key is None:
-                continue
-            where = f"variants.{vname}.seeds" + (f".{key}" if key is not None else "")
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise ConfigError(f"{path}: {where} must be an integer >= 1 (or a mapping preset: integer), "
-                                  f"got {n!r}")
-            if key is not None and key not in (raw["presets"] or {}):
-                raise ConfigError(f"{path}: {where}: no preset {key!r}; presets: {', '.join(raw['presets'] or {})}")
+        vseeds = _check_seeds(path, f"variants.{vname}.seeds", v.get("seeds"), raw["presets"] or {})
         variants[str(vname)] = Variant(str(vname), v.get("set") or {}, None if target is None else float(target),
                                        v.get("presets") or {}, v.get("description", ""), vseeds)
     presets = {str(k): (p or {}) for k, p in (raw["presets"] or {}).items()}
     if not presets:
         raise ConfigError(f"{path}: presets must name at least one preset (e.g. smoke: {{}})")
-    seeds = raw.get("seeds", 1)
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ConfigError(f"{path}: seeds must be an integer >= 1, got {seeds!r}")
+    seeds = _check_seeds(path, "seeds", raw.get("seeds", 1), raw["presets"] or {})
     goal = raw.get("goal", "max")
     if goal not in ("max", "min"):
         raise ConfigError(f"{path}: goal must be max or min, got {goal!r}")
