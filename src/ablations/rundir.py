@@ -29,6 +29,7 @@ FINAL = "final.safetensors"
 RESULT = "result.json"
 INVOCATIONS = "invocations.jsonl"
 LOCK = ".lock"
+LABELS = "labels.pt"  # label-noise runs: the training labels as given (noisy) and true, and their dataset index
 
 # What --overwrite may delete: the files a run writes, nothing else the user keeps in the folder.
 RUN_FILES = (CONFIG, ENV, METRICS, CHECKPOINT, FINAL, RESULT, INVOCATIONS,
@@ -123,6 +124,12 @@ def load_checkpoint(path: Path) -> dict:
     if not isinstance(state, dict):
         raise RunError(f"{path}: checkpoint holds a {type(state).__name__}, not a training state; {advice}")
     return state
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """A dict of tensors (torch.save), written atomically."""
+    with _atomic_file(Path(path)) as f:
+        torch.save(tensors, f)
 
 
 def save_final(run_dir: Path, state_dict: dict[str, torch.Tensor], meta: Optional[dict] = None) -> None:

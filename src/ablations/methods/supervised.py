@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from ..config import FieldError, MethodConfig, RunConfig, RunRef, opt
 from ..data.augment import build_pipeline, center_crop, normalize
+from .. import rundir as rd
 from ..data.base import DataSpec, Splits
 from ..data.splits import make_splits
 from ..errors import RunError
@@ -58,6 +59,7 @@ def build_data(cfg: RunConfig, preprocess: Optional[dict]) -> Splits:
 class Supervised(Method):
     Config = SupervisedConfig
     input = "images"
+    report_sections = ("results", "curves", "noisy_labels")  # the last: only where runs have label noise
 
     @classmethod
     def check(cls, cfg: RunConfig) -> None:
@@ -107,6 +109,18 @@ class Supervised(Method):
         # altflip: each training image's flip in epoch 1 (seeded); later epochs alternate it
         self.flip0 = (torch.rand(len(self.tx), generator=torch.Generator().manual_seed(cfg.seed * 7919 + 11)) < 0.5
                       ).to(dev) if getattr(mc, "altflip", False) else None
+        # label noise: a fixed seeded sample of up to NOISE_PROBE clean and NOISE_PROBE corrupted training
+        # examples, evaluated (no augmentation) after every epoch: how much of each the model fits
+        self.probe: Optional[dict[str, torch.Tensor]] = None
+        if d.train_y_true is not None:
+            corrupted = d.train_y != d.train_y_true
+            g = torch.Generator().manual_seed(cfg.seed * 7919 + 23)
+            pick = {}
+            for name, mask in (("clean", ~corrupted), ("noisy", corrupted)):
+                idx = mask.nonzero().flatten()
+                pick[name] = idx[torch.randperm(len(idx), generator=g)[:NOISE_PROBE]].sort().values
+            self.probe = {k: v.to(dev) for k, v in pick.items()}
+            self.ty_true = d.train_y_true.to(dev)
         self.ema: Optional[dict[str, torch.Tensor]] = None  # Lookahead's slow weights
         if getattr(mc, "lookahead", False):
             self.ema = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -254,12 +268,42 @@ class Supervised(Method):
         n = max(1, len(xs))
         return total / n, 100.0 * correct / n, torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
 
+    def write_inputs(self) -> None:
+        d = self.data
+        if d.train_y_true is not None:  # the labels trained on, beside the true ones: the report splits on them
+            rd.save_tensors(self.run_dir / rd.LABELS, {
+                "given": d.train_y.cpu(), "true": d.train_y_true.cpu(),
+                "index": d.train_index.cpu() if d.train_index is not None else torch.arange(len(d.train_y))})
+
+    @torch.no_grad()
+    def _noise_fit(self) -> dict[str, float]:
+        """Accuracy (%) of the current model on the probe's clean examples, and on its corrupted ones against
+        the labels trained on (memorised) and against the true labels."""
+        out = {}
+        for name, idx in self.probe.items():
+            if not len(idx):
+                continue
+            preds = []
+            for sl in batches(len(idx), self.cfg.train.eval_batch_size):
+                with self.rt.autocast():
+                    preds.append(self.forward(self.prep(self.tx[idx[sl]])).argmax(1))
+            pred = torch.cat(preds)
+            given = (pred == self.ty[idx]).float().mean().item() * 100
+            if name == "clean":
+                out["fit_clean"] = given
+            else:
+                out["fit_noisy_given"] = given
+                out["fit_noisy_true"] = (pred == self.ty_true[idx]).float().mean().item() * 100
+        return out
+
     def evaluate(self, split: str) -> dict[str, float]:
         self.train_mode(False)
         out = {}
+        if split == "val" and self.probe is not None:
+            out.update(self._noise_fit())
         if len(self.eval_inputs(split)[1]):  # an empty split (val_fraction 0) has no metrics, not 0 %
             loss, acc, _ = self.predict(split)
-            out = {f"{split}_loss": loss, f"{split}_acc": acc}
+            out.update({f"{split}_loss": loss, f"{split}_acc": acc})
         if split == "val" and getattr(self.cfg.method, "test_each_epoch", False):
             out["test_acc_no_tta"] = self.predict("test", tta=0)[1]
         return out
@@ -285,6 +329,9 @@ class Supervised(Method):
             torch.save({"y": y, "pred": pred, "classes": d.classes, "wrong_idx": keep,
                         "wrong_x": d.test_x[keep].cpu()}, self.run_dir / "test_predictions.pt")
         return out
+
+
+NOISE_PROBE = 1000  # training examples per group (clean / corrupted) in the label-noise fit curves
 
 
 def tta_views(x: torch.Tensor, level: int) -> list[tuple[float, torch.Tensor]]:
