@@ -23,6 +23,10 @@ class ImageDataConfig(DataConfig):
     noise_kind: Literal["symmetric", "asymmetric"] = opt(
         "symmetric", "symmetric: a uniformly random other class; asymmetric: a fixed similar class "
         "(CIFAR-10: truck->automobile, bird->airplane, deer->horse, cat<->dog; else class k -> k+1)")
+    labels_csv: Optional[str] = opt(None, "CSV of training labels by image path (fast.ai's noisy_imagenette.csv "
+                                    "format: path, noisy_labels_0/1/5/25/50, is_valid); image-folder datasets only")
+    labels_column: str = opt("noisy_labels_0", "the labels_csv column to train on (the folder's class stays the "
+                             "true label)")
     labeled_fraction: float = opt(1.0, "share of the training split that keeps its labels; the rest becomes the "
                                   "unlabeled split (seeded, stratified by class)", ge=0, le=1)
     labeled_per_class: int = opt(0, "labeled training examples per class (0: use labeled_fraction)", ge=0)
@@ -41,6 +45,8 @@ class ImageDataConfig(DataConfig):
                 raise FieldError(f"aug.{role}{e.key}", e.message) from None
         if self.labeled_fraction < 1.0 and self.labeled_per_class:
             raise FieldError("labeled_per_class", "set labeled_per_class or labeled_fraction, not both")
+        if self.labels_csv and self.label_noise > 0:
+            raise FieldError("labels_csv", "set labels_csv (noise from a file) or label_noise (drawn), not both")
 
 
 @dataclass
@@ -56,6 +62,7 @@ class RawData:
     test_name: str = "official test"  # what the test split is, for the report
     val_x: Optional[torch.Tensor] = None  # a validation split the dataset ships (else carved from train)
     val_y: Optional[torch.Tensor] = None
+    train_files: Optional[list] = None  # 'train/<class>/<file>' per training image (image folders): labels_csv
 
 
 @dataclass

@@ -9,6 +9,7 @@ draws; stream numbers are fixed: they define which examples a seed picks):
     3  limit                that many of the training pool                        stream 2
     4  labeled/unlabeled    labeled_per_class or labeled_fraction, per class       stream 6
     5  label noise          on the labeled training labels only                   stream 5
+                            (or labels_csv: the file's column replaces them; no randomness)
     6  limit_eval           val and test subsampled                               streams 3 (val), 4 (test)
     7  mean/std             exact per-channel statistics of the labeled training images
 
@@ -218,6 +219,46 @@ def _subset_pool(path: str, n: int, val_idx: torch.Tensor, val_fraction: float, 
 
 # ---------------------------------------------------------------- the splits
 
+def read_labels_csv(path: str, column: str, files: Optional[Sequence[str]], classes: Sequence[str],
+                    where: str = "data.labels_csv") -> torch.Tensor:
+    """Training labels from a CSV in fast.ai's noisy_imagenette.csv format (columns path, noisy_labels_0/1/5/
+    25/50, is_valid; path like 'train/n02979186/n02979186_9036.JPEG') for the training images `files`
+    ('train/<class>/<file>', in the dataset's order): a label per image, as class indices. Rows of other
+    splits are ignored; an image the file lacks, or a label that is not a class, is one clear error."""
+    import csv
+
+    from .sources import DataError
+
+    if files is None:
+        raise DataError(f"{where}={path}: this dataset does not record its images' file names; labels_csv works "
+                        "with image-folder datasets (imagefolder, imagewoof)")
+    try:
+        with open(Path(path).expanduser(), newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as e:
+        raise DataError(f"{where}={path}: cannot read ({e.strerror or e})") from None
+    if not rows or "path" not in rows[0] or column not in rows[0]:
+        have = ", ".join(rows[0]) if rows else "no rows"
+        raise DataError(f"{where}={path}: needs the columns path and {column} (data.labels_column); has {have}")
+    by_file = {"/".join(Path(r["path"]).parts[-3:]): r[column].strip() for r in rows}
+    cidx = {c: i for i, c in enumerate(classes)}
+    out = torch.empty(len(files), dtype=torch.int64)
+    missing = []
+    for i, name in enumerate(files):
+        lab = by_file.get(name)
+        if lab is None:
+            missing.append(name)
+            continue
+        if lab not in cidx:
+            raise DataError(f"{where}={path}: {name}: label {lab!r} in column {column} is not one of the "
+                            f"{len(classes)} classes ({', '.join(list(classes)[:5])}, ...)")
+        out[i] = cidx[lab]
+    if missing:
+        raise DataError(f"{where}={path}: {len(missing)} of the {len(files)} training images have no row, "
+                        f"e.g. {missing[0]}")
+    return out
+
+
 def _pct(r: float) -> str:
     """0.2 -> '20%', 0.125 -> '12.5%' (two decimals at most)."""
     return (f"{r * 100:.2f}".rstrip("0").rstrip(".") or "0") + "%"
@@ -263,7 +304,10 @@ def make_splits(raw: RawData, cfg: ImageDataConfig, seed: int) -> Splits:
     # 5. label noise (labeled training labels only)
     train_y = ty[tr_idx]
     train_y_true = None
-    if cfg.label_noise > 0:
+    if cfg.labels_csv:
+        train_y_true = train_y
+        train_y = read_labels_csv(cfg.labels_csv, cfg.labels_column, raw.train_files, classes)[tr_idx]
+    elif cfg.label_noise > 0:
         train_y_true = train_y
         if cfg.noise_kind == "asymmetric":
             train_y = asymmetric_noise(train_y, cfg.label_noise, classes, _gen(seed, STREAM_NOISE))
@@ -289,7 +333,11 @@ def make_splits(raw: RawData, cfg: ImageDataConfig, seed: int) -> Splits:
     lim = f", limited to {n_limited} (seed {seed})" if cfg.limit and cfg.limit < n_pool else ""
     lab = f", {labeled_how} labeled (seed {seed})" if labeled_how else ""
     noise = ""
-    if cfg.label_noise:
+    if cfg.labels_csv:
+        share = float((train_y != train_y_true).float().mean()) if len(train_y) else 0.0
+        noise = (f", labels from {Path(cfg.labels_csv).name} column {cfg.labels_column} ({_pct(share)} differ from "
+                 f"the folder's class)")
+    elif cfg.label_noise:
         if cfg.noise_kind == "asymmetric":
             if _is_cifar10(classes):
                 pairs = ", ".join(f"{classes[s]}->{classes[t]}" for s, t in asymmetric_map(classes).items())

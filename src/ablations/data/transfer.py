@@ -30,7 +30,7 @@ from .base import ImageDataConfig, RawData
 from .images import CIFAR10, IMAGE_EXT, _log, load_cifar
 from .sources import DataError, DataNotFound, cache_dir, find_local, identity, iter_tar, offline
 
-CACHE_VERSION = 1  # bump when the cached layout changes
+CACHE_VERSION = 2  # bump when the cached layout changes (2: per-split file names)
 
 # the 10 Imagewoof classes (fast.ai), as ImageNet WordNet ids = the folder names
 IMAGEWOOF_WNIDS = ("n02086240", "n02087394", "n02088364", "n02089973", "n02093754",
@@ -202,7 +202,8 @@ def decode_image_folder(src: Path, side: int, interpolation: str) -> dict:
     for s in by_split:
         sel = sorted((i for i, k in enumerate(keys) if k[0] == s), key=lambda i: (cidx[keys[i][1]], keys[i][2]))
         idx = torch.tensor(sel, dtype=torch.int64)
-        out["splits"][s] = {"x": x[idx], "y": torch.tensor([cidx[keys[i][1]] for i in sel], dtype=torch.int64)}
+        out["splits"][s] = {"x": x[idx], "y": torch.tensor([cidx[keys[i][1]] for i in sel], dtype=torch.int64),
+                            "files": ["/".join(keys[i]) for i in sel]}  # 'train/<class>/<file>', for labels_csv
     return out
 
 
@@ -216,7 +217,7 @@ def to_raw(raw: dict, test_split: str, title: str, classes: Optional[list[str]] 
     return RawData(sp["train"]["x"], sp["train"][labels], sp[test_split]["x"], sp[test_split][labels],
                    list(classes if classes is not None else raw["classes"]), raw["source"], title,
                    test_name=f"official {test_split}", val_x=val["x"] if val else None,
-                   val_y=val[labels] if val else None)
+                   val_y=val[labels] if val else None, train_files=sp["train"].get("files"))
 
 
 def _check_labels(cfg: TransferDataConfig, allowed: tuple[str, ...]) -> str:
