@@ -29,6 +29,7 @@ FINAL = "final.safetensors"
 RESULT = "result.json"
 INVOCATIONS = "invocations.jsonl"
 LOCK = ".lock"
+SCORES = "scores.pt"  # core-set proxies: a score per training example (higher = harder), by train-split index
 LABELS = "labels.pt"  # label-noise runs: the training labels as given (noisy) and true, and their dataset index
 
 # What --overwrite may delete: the files a run writes, nothing else the user keeps in the folder.

@@ -8,7 +8,7 @@ from typing import Literal, Optional
 
 import torch
 
-from ..config import DataConfig, FieldError, opt
+from ..config import DataConfig, FieldError, RunRef, opt
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,13 @@ class ImageDataConfig(DataConfig):
     labeled_per_class: int = opt(0, "labeled training examples per class (0: use labeled_fraction)", ge=0)
     subset: Optional[str] = opt(None, "file of training-split indices to keep (JSON list, or one per line): "
                                 "a core-set")
+    coreset_keep: float = opt(1.0, "share of the training pool kept (a core-set), the highest-scoring first",
+                              gt=0, le=1)
+    coreset_score: Literal["random", "least_confidence", "entropy", "margin", "forgetting", "el2n"] = opt(
+        "least_confidence", "how the kept examples are chosen: random (seeded), or the proxy run's score "
+        "(higher = harder = kept first)")
+    coreset_proxy: RunRef = opt(RunRef(""), "the variant whose scores.pt ranks the training pool (a run with "
+                                "method.score_examples); it runs first, same seed")
     aug: dict = opt(factory=dict, doc="augmentation pipelines by role, batched on the training device, e.g. "
                     "{train: [flip, {translate: 4}], strong: [randaugment]}; see `ablations list` for the names")
 
@@ -45,6 +52,9 @@ class ImageDataConfig(DataConfig):
                 raise FieldError(f"aug.{role}{e.key}", e.message) from None
         if self.labeled_fraction < 1.0 and self.labeled_per_class:
             raise FieldError("labeled_per_class", "set labeled_per_class or labeled_fraction, not both")
+        if self.coreset_keep < 1 and self.coreset_score != "random" and not self.coreset_proxy:
+            raise FieldError("coreset_proxy", f"coreset_score={self.coreset_score} ranks by a proxy run's scores: "
+                             "name the proxy variant (or use coreset_score=random)")
         if self.labels_csv and self.label_noise > 0:
             raise FieldError("labels_csv", "set labels_csv (noise from a file) or label_noise (drawn), not both")
 

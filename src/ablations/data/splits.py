@@ -7,6 +7,8 @@ draws; stream numbers are fixed: they define which examples a seed picks):
     1  validation carve     round(val_fraction * N) of the train split            stream 1
     2  subset (core-set)    the training indices listed in a file (no randomness)  -
     3  limit                that many of the training pool                        stream 2
+       coreset_keep         that share of it: a proxy run's highest scores, or     stream 7 (random)
+                            at random
     4  labeled/unlabeled    labeled_per_class or labeled_fraction, per class       stream 6
     5  label noise          on the labeled training labels only                   stream 5
                             (or labels_csv: the file's column replaces them; no randomness)
@@ -32,6 +34,7 @@ __all__ = ["make_splits", "channel_stats", "symmetric_noise", "asymmetric_noise"
 
 # seeded streams (see the module docstring); never renumber: a stream number is part of what a seed means
 STREAM_VAL, STREAM_LIMIT, STREAM_VAL_EVAL, STREAM_TEST_EVAL, STREAM_NOISE, STREAM_LABELED = 1, 2, 3, 4, 5, 6
+STREAM_CORESET = 7
 
 # the usual CIFAR-10 asymmetric noise (Patrini et al. 2017): a source class -> the class it is confused with
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -264,8 +267,34 @@ def _pct(r: float) -> str:
     return (f"{r * 100:.2f}".rstrip("0").rstrip(".") or "0") + "%"
 
 
-def make_splits(raw: RawData, cfg: ImageDataConfig, seed: int) -> Splits:
-    """RawData -> Splits, in the order of the module docstring."""
+def coreset_pool(pool: torch.Tensor, cfg: ImageDataConfig, seed: int, scores: Optional[dict],
+                 where: str = "") -> torch.Tensor:
+    """The kept round(coreset_keep * len(pool)) training indices of `pool` (sorted): at random (seeded), or
+    those with the highest proxy score (ties by index). `scores`: the proxy's scores.pt ({"index": train-split
+    indices it scored, score name: values}); every pool example must have a score."""
+    k = max(1, int(round(cfg.coreset_keep * len(pool))))
+    if cfg.coreset_score == "random":
+        return pool[_subsample(len(pool), k, _gen(seed, STREAM_CORESET))]
+    if scores is None or cfg.coreset_score not in scores:
+        raise ConfigError(f"data.coreset_score={cfg.coreset_score}: the proxy run {where} has no such score")
+    n = int(max(int(pool.max()) if len(pool) else 0, int(scores["index"].max())) + 1)
+    dense = torch.full((n,), float("nan"), dtype=torch.float64)
+    dense[scores["index"]] = scores[cfg.coreset_score].double()
+    s = dense[pool]
+    if bool(s.isnan().any()):
+        missing = pool[s.isnan()]
+        raise ConfigError(f"data.coreset_proxy: the proxy run {where} scored {int((~s.isnan()).sum())} of the "
+                          f"{len(pool)} training examples (e.g. not index {int(missing[0])}): it must train on the "
+                          "same pool (same seed, val_fraction, subset and limit)")
+    # highest score first; a stable sort on (-score) keeps ties in index order
+    order = torch.sort(-s, stable=True).indices[:k]
+    return pool[order].sort().values
+
+
+def make_splits(raw: RawData, cfg: ImageDataConfig, seed: int, scores: Optional[dict] = None,
+                scores_from: str = "") -> Splits:
+    """RawData -> Splits, in the order of the module docstring. `scores`: a proxy run's example scores
+    (data.coreset_proxy), read from `scores_from`."""
     tx, ty = raw.train_x, raw.train_y
     n = len(tx)
     title = raw.title
@@ -283,6 +312,9 @@ def make_splits(raw: RawData, cfg: ImageDataConfig, seed: int) -> Splits:
     n_pool = len(pool)
     pool = pool[_subsample(n_pool, cfg.limit, _gen(seed, STREAM_LIMIT))]
     n_limited = len(pool)
+    if cfg.coreset_keep < 1:  # of the limited pool: a proxy with the same limit scored exactly these
+        pool = coreset_pool(pool, cfg, seed, scores, scores_from)
+    n_kept = len(pool)
 
     # 4. labeled / unlabeled
     unl_idx: Optional[torch.Tensor] = None
@@ -331,6 +363,10 @@ def make_splits(raw: RawData, cfg: ImageDataConfig, seed: int) -> Splits:
     # what each split is, in words
     subset = f", those listed in {cfg.subset} ({n_pool} indices)" if cfg.subset else ""
     lim = f", limited to {n_limited} (seed {seed})" if cfg.limit and cfg.limit < n_pool else ""
+    if cfg.coreset_keep < 1:
+        how = (f"at random (seed {seed})" if cfg.coreset_score == "random"
+               else f"with the highest {cfg.coreset_score} score of the proxy run {cfg.coreset_proxy}")
+        lim += f", a core-set: {n_kept} of those {n_limited} ({_pct(cfg.coreset_keep)}) {how}"
     lab = f", {labeled_how} labeled (seed {seed})" if labeled_how else ""
     noise = ""
     if cfg.labels_csv:

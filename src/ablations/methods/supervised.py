@@ -42,6 +42,9 @@ class SupervisedConfig(MethodConfig):
     low_res_epochs: int = opt(0, "epochs trained at low_res", ge=0)
     test_each_epoch: bool = opt(False, "also record the test accuracy (no TTA) after every epoch: time-to-accuracy "
                                 "curves; nothing is chosen by it")
+    score_examples: bool = opt(False, "a core-set proxy: score every training example (least confidence, entropy, "
+                               "margin and EL2N of the model, forgetting events during training) into scores.pt")
+    el2n_epoch: int = opt(2, "epoch after which EL2N (the error's L2 norm) is measured (score_examples)", ge=1)
 
     def check(self) -> None:
         if (self.low_res > 0) != (self.low_res_epochs > 0):
@@ -49,10 +52,21 @@ class SupervisedConfig(MethodConfig):
                              f"{self.low_res} and {self.low_res_epochs}")
 
 
-def build_data(cfg: RunConfig, preprocess: Optional[dict]) -> Splits:
-    """The dataset's raw splits -> seeded splits (data/splits.py: the one place that carves them)."""
+def build_data(cfg: RunConfig, preprocess: Optional[dict], refs: Optional[dict[str, Path]] = None) -> Splits:
+    """The dataset's raw splits -> seeded splits (data/splits.py: the one place that carves them); a core-set
+    proxy's scores come from its run dir (refs["data.coreset_proxy"])."""
     raw = DATASETS.get(cfg.data.name)(cfg.data, preprocess)
-    return make_splits(raw, cfg.data, cfg.seed)
+    scores, where = None, ""
+    proxy = (refs or {}).get("data.coreset_proxy")
+    if getattr(cfg.data, "coreset_keep", 1.0) < 1 and getattr(cfg.data, "coreset_score", "random") != "random":
+        if proxy is None:
+            raise RunError(f"data.coreset_proxy={cfg.data.coreset_proxy!r} names a run this call was not given (run "
+                           "the study, which passes it, or loop.run(..., refs={'data.coreset_proxy': DIR}))")
+        f = Path(proxy) / rd.SCORES
+        if not f.is_file():
+            raise RunError(f"{f}: missing; the proxy run {proxy} must train with method.score_examples=true")
+        scores, where = torch.load(f, weights_only=True), str(proxy)
+    return make_splits(raw, cfg.data, cfg.seed, scores, where)
 
 
 @METHODS.register("supervised")
@@ -76,7 +90,7 @@ class Supervised(Method):
         super().__init__(cfg, rt, run_dir, refs)
         entry = MODELS.entry(cfg.model.name)
         self.pre = entry.meta.get("preprocess")  # a pretrained backbone's own input recipe (size, mean, std)
-        self.data = build_data(cfg, self.pre)
+        self.data = build_data(cfg, self.pre, refs)
         d = self.data
         self.size = cfg.data.image_size or (self.pre["size"] if self.pre else d.train_x.shape[-1])
         self.model = self.build_model(entry, DataSpec(classes=list(d.classes), image_size=self.size))
@@ -121,6 +135,15 @@ class Supervised(Method):
                 pick[name] = idx[torch.randperm(len(idx), generator=g)[:NOISE_PROBE]].sort().values
             self.probe = {k: v.to(dev) for k, v in pick.items()}
             self.ty_true = d.train_y_true.to(dev)
+        # core-set proxy: forgetting events over the minibatch presentations (Toneva et al. 2019) and EL2N
+        self.forget: Optional[dict[str, torch.Tensor]] = None
+        if getattr(mc, "score_examples", False):
+            n = len(self.tx)
+            self.forget = {"last": torch.zeros(n, dtype=torch.bool, device=dev),  # correct at last presentation
+                           "learned": torch.zeros(n, dtype=torch.bool, device=dev),  # ever correct
+                           "count": torch.zeros(n, dtype=torch.int64, device=dev),  # correct -> wrong transitions
+                           "el2n": torch.full((n,), float("nan"), device=dev)}
+        self.epoch = 0
         self.ema: Optional[dict[str, torch.Tensor]] = None  # Lookahead's slow weights
         if getattr(mc, "lookahead", False):
             self.ema = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -184,6 +207,7 @@ class Supervised(Method):
         return torch.cat([torch.randperm(n, generator=gen, device=self.rt.device) for _ in range(math.ceil(need / n))])
 
     def start_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
         hook = getattr(self.model, "on_epoch", None)  # model-carried schedules (the whitening bias freeze)
         if hook is not None:
             hook(epoch)
@@ -201,7 +225,8 @@ class Supervised(Method):
             x = self.prep(x, gen)
             if low:  # progressive resizing: fewer pixels, fewer FLOPs, in the first epochs
                 x = F.interpolate(x, size=(low, low), mode="bilinear", antialias=True, align_corners=False)
-            yield x, self.ty[idx]
+            # a core-set proxy also needs which examples these are (forgetting events)
+            yield (x, self.ty[idx], idx) if self.forget is not None else (x, self.ty[idx])
 
     def after_step(self, step: int) -> None:
         if self.ema is None:
@@ -223,18 +248,30 @@ class Supervised(Method):
                 fast.copy_(slow)
 
     def state_dict(self) -> dict:
-        return {"lookahead": self.ema} if self.ema is not None else {}
+        out = {"lookahead": self.ema} if self.ema is not None else {}
+        if self.forget is not None:
+            out["forget"] = self.forget
+        return out
 
     def load_state_dict(self, state: dict) -> None:
         if self.ema is not None and "lookahead" in state:
             for k, v in state["lookahead"].items():
                 self.ema[k].copy_(v)
+        if self.forget is not None and "forget" in state:
+            for k, v in state["forget"].items():
+                self.forget[k].copy_(v)
 
     def train_step(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x, y = batch
+        x, y = batch[0], batch[1]
         out = self.forward(x)
         loss = self.loss_fn(out, y)
         hard = y if y.ndim == 1 else y.argmax(1)  # soft targets: accuracy against their top class
+        if self.forget is not None:
+            with torch.no_grad():
+                idx, ok, f = batch[2], out.argmax(1) == hard, self.forget
+                f["count"][idx] += (f["last"][idx] & ~ok).long()
+                f["last"][idx] = ok
+                f["learned"][idx] |= ok
         return loss, {"n": torch.tensor(float(len(y))), "loss": loss.detach() * len(y),
                       "acc": 100.0 * (out.argmax(1) == hard).sum()}
 
@@ -296,9 +333,37 @@ class Supervised(Method):
                 out["fit_noisy_true"] = (pred == self.ty_true[idx]).float().mean().item() * 100
         return out
 
+    @torch.no_grad()
+    def _train_probs(self) -> torch.Tensor:
+        """(N, C) softmax of the current model on every training example, unaugmented."""
+        ps = []
+        for sl in batches(len(self.tx), self.cfg.train.eval_batch_size):
+            with self.rt.autocast():
+                ps.append(F.softmax(self.forward(self.prep(self.tx[sl])).float(), 1))
+        return torch.cat(ps)
+
+    def example_scores(self) -> dict[str, torch.Tensor]:
+        """Per training example, higher = harder (kept first in a core-set): 1 - max p (least confidence),
+        entropy, -(p_top1 - p_top2) (margin), forgetting events (never-learned examples count as the
+        most forgotten: count + epochs), and EL2N = ||p - onehot(y)||_2 at el2n_epoch (else at the end)."""
+        p = self._train_probs()
+        top2 = p.topk(2, dim=1).values if p.shape[1] > 1 else torch.cat([p, torch.zeros_like(p)], 1)
+        f = self.forget
+        el2n = f["el2n"].clone()
+        if bool(el2n.isnan().any()):  # trained fewer epochs than el2n_epoch: the final model's
+            el2n = (p - F.one_hot(self.ty, p.shape[1]).float()).norm(dim=1)
+        forgetting = f["count"].double() + (~f["learned"]).double() * (self.cfg.train.epochs + 1)
+        return {"index": self.data.train_index.cpu() if self.data.train_index is not None
+                else torch.arange(len(self.tx)),
+                "least_confidence": (1 - top2[:, 0]).cpu(), "entropy": -(p * p.clamp(min=1e-12).log()).sum(1).cpu(),
+                "margin": -(top2[:, 0] - top2[:, 1]).cpu(), "forgetting": forgetting.cpu(), "el2n": el2n.cpu()}
+
     def evaluate(self, split: str) -> dict[str, float]:
         self.train_mode(False)
         out = {}
+        if split == "val" and self.forget is not None and self.epoch == self.cfg.method.el2n_epoch:
+            p = self._train_probs()  # EL2N early in training (Paul et al. 2021)
+            self.forget["el2n"] = (p - F.one_hot(self.ty, p.shape[1]).float()).norm(dim=1)
         if split == "val" and self.probe is not None:
             out.update(self._noise_fit())
         if len(self.eval_inputs(split)[1]):  # an empty split (val_fraction 0) has no metrics, not 0 %
@@ -311,6 +376,9 @@ class Supervised(Method):
     def finish(self, result: dict) -> dict:
         d = self.data
         out = {"data_source": d.source, "splits": d.splits, "init_s": self.init_s}
+        if self.forget is not None:
+            self.train_mode(False)
+            rd.save_tensors(self.run_dir / rd.SCORES, self.example_scores())
         info = getattr(self.model, "info", None)  # what a pretrained backbone loaded (the report's caveats)
         if isinstance(info, dict):
             out.update({k: info[k] for k in ("weights", "bn_folded") if k in info})

@@ -1,0 +1,99 @@
+"""Core-sets via a proxy: the proxy scores every training example (scores.pt), a referenced run keeps the
+highest-scoring share of the pool (or a random one), and resuming the proxy gives the same scores."""
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from ablations import loop
+from ablations import rundir as rd
+from ablations.config import ConfigError, make
+from ablations.data.base import RawData
+from ablations.data.splits import make_splits
+
+SCORES = ("least_confidence", "entropy", "margin", "forgetting", "el2n")
+
+
+def _raw(n: int = 100) -> RawData:
+    g = torch.Generator().manual_seed(0)
+    return RawData(torch.randint(0, 255, (n, 3, 4, 4), dtype=torch.uint8, generator=g), torch.arange(n) % 5,
+                   torch.zeros(10, 3, 4, 4, dtype=torch.uint8), torch.zeros(10, dtype=torch.int64),
+                   [f"c{i}" for i in range(5)], "mem", "toy")
+
+
+def _data(**over):
+    return make({"data": {"name": "synthetic", "val_fraction": 0.2, **over}}).data
+
+
+def test_random_coreset_is_a_seeded_share_of_the_pool():
+    full = make_splits(_raw(), _data(), 0)
+    a = make_splits(_raw(), _data(coreset_keep=0.6, coreset_score="random"), 0)
+    b = make_splits(_raw(), _data(coreset_keep=0.6, coreset_score="random"), 0)
+    c = make_splits(_raw(), _data(coreset_keep=0.6, coreset_score="random"), 1)
+    assert len(full.train_index) == 80 and len(a.train_index) == 48
+    assert set(a.train_index.tolist()) <= set(full.train_index.tolist())
+    assert torch.equal(a.train_index, b.train_index) and torch.equal(a.val_y, full.val_y)  # val untouched
+    assert set(c.train_index.tolist()) < set(make_splits(_raw(), _data(), 1).train_index.tolist())
+    assert not torch.equal(a.train_index, c.train_index)  # another seed, another draw
+    assert "a core-set: 48 of those 80 (60%) at random (seed 0)" in a.splits["train"]
+
+
+def test_scored_coreset_keeps_the_highest_scores_after_the_limit():
+    full = make_splits(_raw(), _data(limit=50), 0)
+    pool = full.train_index
+    score = torch.rand(100, generator=torch.Generator().manual_seed(3))
+    scores = {"index": pool, "el2n": score[pool]}
+    kept = make_splits(_raw(), _data(limit=50, coreset_keep=0.3, coreset_score="el2n", coreset_proxy="proxy"), 0,
+                       scores, "runs/proxy")
+    want = pool[score[pool].argsort(descending=True)[:15]].sort().values
+    assert torch.equal(kept.train_index, want)
+    assert "15 of those 50 (30%) with the highest el2n score of the proxy run proxy" in kept.splits["train"]
+    # a proxy that scored another pool (here: no limit vs a limit) is refused with one line
+    with pytest.raises(ConfigError, match=re.escape("the proxy run runs/proxy scored 0 of the 50 training examples")):
+        make_splits(_raw(), _data(limit=50, coreset_keep=0.3, coreset_score="el2n", coreset_proxy="proxy"), 0,
+                    {"index": torch.tensor([999]), "el2n": torch.tensor([1.0])}, "runs/proxy")
+
+
+@pytest.mark.parametrize("over,words", [
+    ({"coreset_keep": 0.0}, "data.coreset_keep"),
+    ({"coreset_keep": 0.5}, "coreset_score=least_confidence ranks by a proxy run's scores"),
+])
+def test_bad_coreset_config_names_the_key(over, words):
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        _data(**over)
+
+
+def _cfg(variant: str, **over):
+    base = {"data": {"name": "synthetic", "n_train": 240, "n_test": 64, "val_fraction": 0.1},
+            "model": {"name": "vgg1", "width": 8, "dense": 16}, "method": {"name": "supervised"},
+            "optim": {"name": "adam", "lr": 0.003}, "train": {"epochs": 3, "batch_size": 32, "threads": 1}}
+    for k, v in over.items():
+        sec, key = k.split(".")
+        base[sec][key] = v
+    return make(base, study="cs", variant=variant, preset="smoke")
+
+
+def test_proxy_scores_then_a_target_keeps_the_hardest(tmp_path, interrupted_run):
+    proxy = _cfg("proxy", **{"method.score_examples": True, "method.el2n_epoch": 1})
+    res = loop.run(proxy, tmp_path / "proxy")
+    s = torch.load(tmp_path / "proxy" / rd.SCORES)
+    n = len(s["index"])
+    assert n == 216 and len(set(s["index"].tolist())) == n  # every training-pool example, once
+    for k in SCORES:
+        assert s[k].shape == (n,) and torch.isfinite(s[k]).all(), k
+    assert (s["least_confidence"] >= 0).all() and (s["least_confidence"] <= 1).all()
+    assert (s["forgetting"] >= 0).all() and (s["forgetting"] == s["forgetting"].round()).all()
+    assert (s["el2n"] >= 0).all() and (s["el2n"] <= 2 ** 0.5 + 1e-6).all()
+    # resuming the proxy mid-way gives the same scores (forgetting counters and EL2N are checkpointed)
+    interrupted_run(proxy, tmp_path / "cut", epoch=2)
+    loop.run(proxy, tmp_path / "cut", resume=True)
+    s2 = torch.load(tmp_path / "cut" / rd.SCORES)
+    for k in ("index",) + SCORES:
+        assert torch.allclose(s[k].double(), s2[k].double()), k
+    # the target keeps the 40 % with the highest forgetting score
+    tgt = _cfg("kept", **{"data.coreset_keep": 0.4, "data.coreset_score": "forgetting", "data.coreset_proxy": "proxy"})
+    out = loop.run(tgt, tmp_path / "kept", refs={"data.coreset_proxy": tmp_path / "proxy"})
+    assert "a core-set: 86 of those 216 (40%)" in out["splits"]["train"]
+    assert res["test_acc"] >= 0
