@@ -97,3 +97,23 @@ def test_proxy_scores_then_a_target_keeps_the_hardest(tmp_path, interrupted_run)
     out = loop.run(tgt, tmp_path / "kept", refs={"data.coreset_proxy": tmp_path / "proxy"})
     assert "a core-set: 86 of those 216 (40%)" in out["splits"]["train"]
     assert res["test_acc"] >= 0
+
+
+def test_study_report_has_the_coreset_section(tmp_path, tiny_study):
+    from ablations.cli import main
+
+    study = tmp_path / "cs.yaml"
+    study.write_text(tiny_study.read_text().split("variants:")[0].replace("name: tiny", "name: cs")
+                     + "sections: [coreset]\n" + """variants:
+  whole: {}
+  proxy:
+    set: {method.score_examples: true, method.el2n_epoch: 1}
+  random50:
+    set: {data.coreset_keep: 0.5, data.coreset_score: random}
+  forgetting50:
+    set: {data.coreset_keep: 0.5, data.coreset_score: forgetting, data.coreset_proxy: proxy}
+""")
+    assert main(["run", str(study), "--preset", "smoke", "--out", str(tmp_path / "out"), "--set", "train.threads=1"]) == 0
+    md = (tmp_path / "out" / "cs" / "smoke" / "report.md").read_text()
+    assert "## Core-sets" in md and "| forgetting50 | forgetting | 50 % |" in md and "| random50 | random | 50 % |" in md
+    assert "Proxy proxy seed 0:" in md and (tmp_path / "out" / "cs" / "smoke" / "coreset.png").exists()
