@@ -62,6 +62,18 @@ def test_bootstrap():
     p = F.softmax(z, 1)
     t = 0.95 * F.one_hot(y, 5).float() + 0.05 * p
     assert torch.allclose(_loss("bootstrap")(z, y), -(t * F.log_softmax(z, 1)).sum(1).mean(), atol=1e-6)
+    # soft: the gradient flows through the model's own term (Reed et al.: an entropy term), so it is NOT
+    # cross-entropy's gradient scaled by beta (what detaching the prediction would give)
+    zg = z.clone().requires_grad_()
+    _loss("bootstrap")(zg, y).backward()
+    zc = z.clone().requires_grad_()
+    (0.95 * F.cross_entropy(zc, y)).backward()
+    assert not torch.allclose(zg.grad, zc.grad, atol=1e-4)
+    want = -(0.95 * F.one_hot(y, 5).float() * F.log_softmax(zc, 1) + 0.05 * F.softmax(zc, 1)
+             * F.log_softmax(zc, 1)).sum(1).mean()
+    zc.grad = None
+    want.backward()
+    assert torch.allclose(zg.grad, zc.grad, atol=1e-6)
 
 
 @pytest.mark.parametrize("name,opts", [("sce", {}), ("gce", {}), ("gce", {"q": 1.0})])

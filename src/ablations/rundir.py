@@ -34,7 +34,7 @@ LABELS = "labels.pt"  # label-noise runs: the training labels as given (noisy) a
 
 # What --overwrite may delete: the files a run writes, nothing else the user keeps in the folder.
 RUN_FILES = (CONFIG, ENV, METRICS, CHECKPOINT, FINAL, RESULT, INVOCATIONS,
-             "test_predictions.pt", "samples.json", "samples.md")
+             "test_predictions.pt", "samples.json", "samples.md", SCORES, LABELS)
 
 
 # ---------------------------------------------------------------- atomic writes

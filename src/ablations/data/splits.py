@@ -270,7 +270,7 @@ def _pct(r: float) -> str:
 def coreset_pool(pool: torch.Tensor, cfg: ImageDataConfig, seed: int, scores: Optional[dict],
                  where: str = "") -> torch.Tensor:
     """The kept round(coreset_keep * len(pool)) training indices of `pool` (sorted): at random (seeded), or
-    those with the highest proxy score (ties by index). `scores`: the proxy's scores.pt ({"index": train-split
+    those with the highest proxy score (ties broken at random, seeded). `scores`: the proxy's scores.pt ({"index": train-split
     indices it scored, score name: values}); every pool example must have a score."""
     k = max(1, int(round(cfg.coreset_keep * len(pool))))
     if cfg.coreset_score == "random":
@@ -286,8 +286,10 @@ def coreset_pool(pool: torch.Tensor, cfg: ImageDataConfig, seed: int, scores: Op
         raise ConfigError(f"data.coreset_proxy: the proxy run {where} scored {int((~s.isnan()).sum())} of the "
                           f"{len(pool)} training examples (e.g. not index {int(missing[0])}): it must train on the "
                           "same pool (same seed, val_fraction, subset and limit)")
-    # highest score first; a stable sort on (-score) keeps ties in index order
-    order = torch.sort(-s, stable=True).indices[:k]
+    # highest score first; ties (a short proxy's forgetting counts are mostly 0 or 1) broken at random, seeded:
+    # by index they would favour the first classes of a class-sorted dataset
+    shuffle = torch.randperm(len(pool), generator=_gen(seed, STREAM_CORESET))
+    order = shuffle[torch.sort(-s[shuffle], stable=True).indices[:k]]
     return pool[order].sort().values
 
 

@@ -7,9 +7,13 @@
   gce        Generalised Cross Entropy (Zhang & Sabuncu, NeurIPS 2018): (1 - p_y^q) / q, between CE (q -> 0)
              and MAE (q = 1); the paper's q = 0.7.
   bootstrap  Bootstrapping (Reed et al., ICLR 2015 workshop): CE against beta * t + (1 - beta) * the model's own
-             prediction (soft: the probabilities, beta 0.95; hard: the arg-max one-hot, beta 0.8), detached.
+             prediction. Soft (beta 0.95): the probabilities, gradient flowing through them (the (1 - beta) part
+             is an entropy term: with them detached the loss would be CE scaled by beta); hard (beta 0.8): the
+             arg-max one-hot (no gradient).
 
-Soft targets (label smoothing, MixUp) enter every loss as the expectation over the target distribution.
+Soft targets (label smoothing, MixUp): CE, GCE and bootstrap take the expectation over the target
+distribution; SCE's reverse term is -sum_k p_k log t_k against the soft target itself, with target
+probabilities below exp(A) taken as log 0 = A.
 """
 from __future__ import annotations
 
@@ -69,7 +73,7 @@ def generalised_ce(cfg: GCEConfig):
 
 @dataclass(frozen=True)
 class BootstrapConfig(LossConfig):
-    """Cross-entropy against a mix of the (noisy) target and the model's own detached prediction."""
+    """Cross-entropy against a mix of the (noisy) target and the model's own prediction."""
     kind: Literal["soft", "hard"] = opt("soft", "soft: mix in the predicted probabilities; hard: the arg-max class")
     beta: float = opt(0.95, "weight of the given target (Reed et al.: 0.95 soft, 0.8 hard)", ge=0, le=1)
 
@@ -80,10 +84,9 @@ def bootstrap_ce(cfg: BootstrapConfig):
         z = logits.float()
         C = z.shape[1]
         t = as_probs(target, C, cfg.label_smoothing)
-        with torch.no_grad():
-            p = F.softmax(z, 1)
-            own = p if cfg.kind == "soft" else F.one_hot(p.argmax(1), C).float()
+        logp = F.log_softmax(z, 1)
+        own = logp.exp() if cfg.kind == "soft" else F.one_hot(z.argmax(1), C).float()  # soft: not detached
         mixed = cfg.beta * t + (1 - cfg.beta) * own
-        return -(mixed * F.log_softmax(z, 1)).sum(1).mean()
+        return -(mixed * logp).sum(1).mean()
 
     return loss

@@ -307,7 +307,7 @@ class Supervised(Method):
 
     def write_inputs(self) -> None:
         d = self.data
-        if d.train_y_true is not None:  # the labels trained on, beside the true ones: the report splits on them
+        if d.train_y_true is not None:  # the labels trained on, beside the true ones: which examples were corrupted
             rd.save_tensors(self.run_dir / rd.LABELS, {
                 "given": d.train_y.cpu(), "true": d.train_y_true.cpu(),
                 "index": d.train_index.cpu() if d.train_index is not None else torch.arange(len(d.train_y))})

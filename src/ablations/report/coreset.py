@@ -61,11 +61,13 @@ def render(run_list: list, out_dir: Path) -> str:
         keep = float(data.get("coreset_keep", 1.0))
         score = data.get("coreset_score", "") if kind == "coreset" else "(whole set)"
         accs = [float(r.result[metric]) for r in rs if metric in r.result]
-        e2e = []
+        e2e: list = []
         for r in rs:
             ref = r.config.get("data", {}).get("coreset_proxy") if kind == "coreset" else ""
-            extra = proxies[(ref, r.seed)].wall_time if ref and (ref, r.seed) in proxies else 0.0
-            e2e.append(r.wall_time + extra)
+            if ref and (ref, r.seed) not in proxies:  # its proxy's run is not here: no end-to-end time
+                e2e = []
+                break
+            e2e.append(r.wall_time + (proxies[(ref, r.seed)].wall_time if ref else 0.0))
         diff = (f"{mean_std(accs)[0] - mean_std(whole_acc)[0]:+.2f}" if accs and whole_acc and kind == "coreset"
                 else "")
         speed = f"{base_t / mean_std(e2e)[0]:.2f}x" if base_t and e2e else "n/a"

@@ -2,7 +2,7 @@
 (by the clean validation split) and at the last epoch, and the curves of how much of the clean and of the
 corrupted training examples each model fits over the epochs (memorisation).
 
-Needs runs with data.label_noise > 0 (the probe metrics fit_clean / fit_noisy_given / fit_noisy_true, written
+Needs runs with data.label_noise > 0 or data.labels_csv (the probe metrics fit_clean / fit_noisy_given / fit_noisy_true, written
 by the supervised method after every epoch) and method.test_each_epoch (test accuracy per epoch) for the
 best-epoch column."""
 from __future__ import annotations
@@ -22,10 +22,11 @@ def _per_epoch(run: rt.Run, key: str) -> list[tuple[int, float]]:
 
 
 def _best_and_last_test(run: rt.Run) -> tuple[float | None, float | None]:
-    """Test accuracy (%) at the epoch of best validation accuracy, and at the last epoch (the final model)."""
+    """Test accuracy (%) at the epoch of best validation accuracy, and at the last epoch (both without test-time
+    augmentation, from the per-epoch records; the last falls back to the result's when there are none)."""
     val = _per_epoch(run, "val_acc")
     test = dict(_per_epoch(run, "test_acc_no_tta"))
-    last = run.result.get("test_acc") if run.result else None
+    last = test[max(test)] if test else (run.result.get("test_acc") if run.result else None)
     if not val or not test:
         return None, last
     best_epoch = max(val, key=lambda e: e[1])[0]  # first of the ties
@@ -62,7 +63,8 @@ def render(run_list: list, out_dir: Path) -> str:
     for v, rs in by_variant.items():
         best, last = zip(*(_best_and_last_test(r) for r in rs))
         data = rs[0].config.get("data", {})
-        noise = f"{100 * float(data.get('label_noise', 0)):g} % {data.get('noise_kind', 'symmetric')}"
+        noise = (f"{data['labels_csv']} {data.get('labels_column', '')}" if data.get("labels_csv") else
+                 f"{100 * float(data.get('label_noise', 0)):g} % {data.get('noise_kind', 'symmetric')}")
         fits = [[_per_epoch(r, k)[-1][1] for r in rs if _per_epoch(r, k)] for k, _ in FIT_KEYS]
         lines.append(f"| {v} | {noise} | {_fmt_mean([b for b in best if b is not None])} | "
                      f"{_fmt_mean([x for x in last if x is not None])} | "
