@@ -20,19 +20,11 @@ def _kind(run: rt.Run) -> str:
     return "coreset" if float(data.get("coreset_keep", 1.0)) < 1 else "whole"
 
 
-def _fmt(vals: list, digits: int = 2) -> str:
-    from .render import fmt_ms, mean_std
-
-    if not vals:
-        return "n/a"
-    m, sd = mean_std(vals)
-    return fmt_ms(m, sd, len(vals), digits)
-
-
 @SECTIONS.register("coreset")
 def render(run_list: list, out_dir: Path) -> str:
     """Core-sets: accuracy vs kept fraction per score, end-to-end time against the whole set."""
     from .render import _variant_order, mean_std
+    from .render import fmt_values as _fmt
 
     runs = [r for r in run_list if r.result is not None]
     if not any(_kind(r) == "coreset" for r in runs):

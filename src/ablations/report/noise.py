@@ -33,19 +33,11 @@ def _best_and_last_test(run: rt.Run) -> tuple[float | None, float | None]:
     return test.get(best_epoch), last
 
 
-def _fmt_mean(vals: list) -> str:
-    from .render import fmt_ms, mean_std
-
-    if not vals:
-        return "n/a"
-    m, sd = mean_std(vals)
-    return fmt_ms(m, sd, len(vals))
-
-
 @SECTIONS.register("noisy_labels")
 def render(run_list: list, out_dir: Path) -> str:
     """Label noise: best-epoch vs last-epoch clean-test accuracy per variant, and the fit curves."""
     from .render import _variant_order
+    from .render import fmt_values as _fmt_mean
 
     runs = [r for r in run_list if r.result is not None and any("fit_clean" in m for m in r.metrics)]
     if not runs:

@@ -58,6 +58,11 @@ def fmt_ms(m: float, s: float, n: int, digits: int = 2) -> str:
     return f"{m:.{digits}f} ± {s:.{digits}f}" if n > 1 else f"{m:.{digits}f}"
 
 
+def fmt_values(values: list[float], digits: int = 2) -> str:
+    """'mean ± std' over seeds ('n/a' for none, the value alone for one)."""
+    return fmt_ms(*mean_std(values), len(values), digits)
+
+
 def results_table(runs: list[Run]) -> str:
     metric = runs[0].config.get("metric", "test_acc")
     goal = runs[0].config.get("goal", "max")
