@@ -310,7 +310,12 @@ class Supervised(Method):
         if d.train_y_true is not None:  # the labels trained on, beside the true ones: which examples were corrupted
             rd.save_tensors(self.run_dir / rd.LABELS, {
                 "given": d.train_y.cpu(), "true": d.train_y_true.cpu(),
-                "index": d.train_index.cpu() if d.train_index is not None else torch.arange(len(d.train_y))})
+                "index": self._train_index()})
+
+    def _train_index(self) -> torch.Tensor:
+        """Each training example's index in the dataset's train split (what labels.pt and scores.pt key on)."""
+        d = self.data
+        return d.train_index.cpu() if d.train_index is not None else torch.arange(len(d.train_y))
 
     @torch.no_grad()
     def _noise_fit(self) -> dict[str, float]:
@@ -320,11 +325,7 @@ class Supervised(Method):
         for name, idx in self.probe.items():
             if not len(idx):
                 continue
-            preds = []
-            for sl in batches(len(idx), self.cfg.train.eval_batch_size):
-                with self.rt.autocast():
-                    preds.append(self.forward(self.prep(self.tx[idx[sl]])).argmax(1))
-            pred = torch.cat(preds)
+            pred = self._train_logits(idx).argmax(1)
             given = (pred == self.ty[idx]).float().mean().item() * 100
             if name == "clean":
                 out["fit_clean"] = given
@@ -334,27 +335,31 @@ class Supervised(Method):
         return out
 
     @torch.no_grad()
-    def _train_probs(self) -> torch.Tensor:
-        """(N, C) softmax of the current model on every training example, unaugmented."""
-        ps = []
-        for sl in batches(len(self.tx), self.cfg.train.eval_batch_size):
+    def _train_logits(self, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(n, C) fp32 logits of the current model on the training examples `idx` (default: all), unaugmented."""
+        idx = torch.arange(len(self.tx), device=self.tx.device) if idx is None else idx
+        out = []
+        for sl in batches(len(idx), self.cfg.train.eval_batch_size):
             with self.rt.autocast():
-                ps.append(F.softmax(self.forward(self.prep(self.tx[sl])).float(), 1))
-        return torch.cat(ps)
+                out.append(self.forward(self.prep(self.tx[idx[sl]])).float())
+        return torch.cat(out)
+
+    def _el2n(self, p: torch.Tensor) -> torch.Tensor:
+        """EL2N (Paul et al. 2021): ||p - onehot(y)||_2 per training example, p (N, C) probabilities."""
+        return (p - F.one_hot(self.ty, p.shape[1]).float()).norm(dim=1)
 
     def example_scores(self) -> dict[str, torch.Tensor]:
         """Per training example, higher = harder (kept first in a core-set): 1 - max p (least confidence),
         entropy, -(p_top1 - p_top2) (margin), forgetting events (never-learned examples count as the
         most forgotten: count + epochs), and EL2N = ||p - onehot(y)||_2 at el2n_epoch (else at the end)."""
-        p = self._train_probs()
+        p = F.softmax(self._train_logits(), 1)
         top2 = p.topk(2, dim=1).values if p.shape[1] > 1 else torch.cat([p, torch.zeros_like(p)], 1)
         f = self.forget
         el2n = f["el2n"].clone()
         if bool(el2n.isnan().any()):  # trained fewer epochs than el2n_epoch: the final model's
-            el2n = (p - F.one_hot(self.ty, p.shape[1]).float()).norm(dim=1)
+            el2n = self._el2n(p)
         forgetting = f["count"].double() + (~f["learned"]).double() * (self.cfg.train.epochs + 1)
-        return {"index": self.data.train_index.cpu() if self.data.train_index is not None
-                else torch.arange(len(self.tx)),
+        return {"index": self._train_index(),
                 "least_confidence": (1 - top2[:, 0]).cpu(), "entropy": -(p * p.clamp(min=1e-12).log()).sum(1).cpu(),
                 "margin": -(top2[:, 0] - top2[:, 1]).cpu(), "forgetting": forgetting.cpu(), "el2n": el2n.cpu()}
 
@@ -362,8 +367,7 @@ class Supervised(Method):
         self.train_mode(False)
         out = {}
         if split == "val" and self.forget is not None and self.epoch == self.cfg.method.el2n_epoch:
-            p = self._train_probs()  # EL2N early in training (Paul et al. 2021)
-            self.forget["el2n"] = (p - F.one_hot(self.ty, p.shape[1]).float()).norm(dim=1)
+            self.forget["el2n"] = self._el2n(F.softmax(self._train_logits(), 1))  # early in training
         if split == "val" and self.probe is not None:
             out.update(self._noise_fit())
         if len(self.eval_inputs(split)[1]):  # an empty split (val_fraction 0) has no metrics, not 0 %
