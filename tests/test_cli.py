@@ -297,3 +297,63 @@ def test_report_lists_only_non_default_keys_for_every_method():
 
     cfg = make({"method.name": "zeroshot", "model.name": "mobilenet_v2", "train.epochs": 0, "data.limit": 48})
     assert _nondefault(cfg.to_dict()) == 'data.limit=48 train.epochs=0'
+
+
+def test_an_option_added_since_a_run_is_no_config_change_at_its_default():
+    """--continue on runs made before an option existed: the option at its default changes nothing; set to
+    anything else, or an option whose value differs, it does."""
+    from ablations.cli import _config_changes
+    from ablations.config import make
+
+    now = make({"data": {"name": "synthetic", "label_noise": 0.2}}).to_dict()
+    old = json.loads(json.dumps(now))
+    del old["data"]["noise_map"]  # the option did not exist when the run was made
+    assert _config_changes(old, now) == []
+    changed = make({"data": {"name": "synthetic", "label_noise": 0.2, "noise_kind": "asymmetric",
+                             "noise_map": {"c0": "c1"}}}).to_dict()
+    assert any(c.startswith("data.noise_map.c0: '<absent>' -> 'c1'") for c in _config_changes(old, changed))
+    old["data"]["label_noise"] = 0.4
+    assert _config_changes(old, now) == ["data.label_noise: 0.4 -> 0.2"]
+
+
+def test_the_studys_comparisons_table(tmp_path):
+    """Study `compare`: the difference the question rests on, its verdict over seeds, and whether the goal's
+    difference is reached (a positive goal only counts when significant; a tolerance when the mean is inside)."""
+    from ablations.config import make
+    from ablations.report.render import write_report
+    from ablations.report.stats import welch
+
+    accs = {"ce": [60.0, 61.0, 60.5], "sce": [64.0, 64.5, 63.5], "gce": [61.0], "lc": [60.2, 60.3, 60.4]}
+    for variant, vals in accs.items():
+        for seed, acc in enumerate(vals):
+            d = tmp_path / "s" / variant / f"seed{seed}"
+            d.mkdir(parents=True)
+            (d / rt.CONFIG).write_text(json.dumps(make(study="fake", variant=variant, seed=seed).to_dict()))
+            (d / rt.RESULT).write_text(json.dumps({"test_acc": acc, "epochs": 1, "wall_time": 10}))
+    rt.write_study_record(tmp_path / "s", {"variants": list(accs), "compare": [
+        {"variant": "sce", "vs": "ce", "need": 2.0}, {"variant": "sce", "vs": "ce", "need": 5.0},
+        {"variant": "gce", "vs": "ce", "need": 0.5}, {"variant": "lc", "vs": "ce", "need": -0.3},
+        {"variant": "ce", "vs": "sce", "need": None}]})
+    md = write_report(tmp_path / "s").read_text()
+    p = welch(accs["ce"], accs["sce"])[2]
+    assert "### The study's comparisons" in md
+    assert f"| sce | ce | +3.50 | 3 vs 3 | significant, p={p:.2g} | >= +2 | yes |" in md
+    assert f"| sce | ce | +3.50 | 3 vs 3 | significant, p={p:.2g} | >= +5 | no (short by 1.50) |" in md
+    assert "| gce | ce | +0.50 | 1 vs 3 | untested (n=1) | >= +0.5 | reached, not significant |" in md
+    assert "| lc | ce | -0.20 | 3 vs 3 | not significant, p=" in md and "| no worse than -0.3 | yes |" in md
+    assert f"| ce | sce | -3.50 | 3 vs 3 | significant, p={p:.2g} |  |  |" in md
+
+
+@pytest.mark.parametrize("compare,words", [
+    ("compare: [{variant: plain, vs: reglar}]", "compare[0].vs: 'reglar' is not a variant (did you mean 'regular'?)"),
+    ("compare: [{variant: plain}]", "compare[0]: needs the keys variant and vs"),
+    ("compare: [{variant: plain, vs: regular, need: lots}]", "compare[0].need must be a number"),
+    ("compare: plain", "compare must be a list"),
+])
+def test_bad_study_comparisons_name_the_entry(tmp_path, tiny_study, capsys, compare, words):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(tiny_study.read_text() + compare + "\n")
+    assert main(["run", str(bad), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert words in err and str(bad) in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()

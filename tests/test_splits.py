@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import tempfile
 from pathlib import Path
 
@@ -440,3 +441,47 @@ def test_channel_stats_match_a_float_computation():
     m, s = _float_stats(x)
     assert mean == pytest.approx(m, abs=1e-12) and std == pytest.approx(s, abs=1e-12)
     assert channel_stats(x[:0]) == ((0.0,) * 3, (1.0,) * 3)
+
+
+# ---------------------------------------------------------------- a user's asymmetric map (data.noise_map)
+
+@FAST
+@given(n=sizes, seed=seeds, data_seed=seeds, rate=rates)
+def test_named_noise_map_flips_only_the_named_classes(n, seed, data_seed, rate):
+    raw = _raw(n, 4, data_seed, classes=["Cat", "dog", "fox", "owl"])
+    s = make_splits(raw, _cfg(val_fraction=0.1, label_noise=rate, noise_kind="asymmetric",
+                              noise_map={"cat": "DOG", "owl": "fox"}), seed)  # names match in any case
+    true = s.train_y_true if s.train_y_true is not None else s.train_y
+    cand = (true == 0) | (true == 3)
+    flipped = s.train_y != true
+    assert int(flipped.sum()) == int(round(rate * int(cand.sum())))
+    assert not bool((flipped & ~cand).any())
+    assert torch.equal(s.train_y[flipped], torch.tensor([{0: 1, 3: 2}[int(t)] for t in true[flipped]],
+                                                         dtype=torch.int64))
+    if rate > 0:
+        assert "Cat->dog, owl->fox" in s.splits["train"]
+
+
+@pytest.mark.parametrize("mapping,words", [
+    ({"cat": "wolf"}, "data.noise_map.cat: unknown class 'wolf'"),
+    ({"cta": "dog"}, "data.noise_map.cta: unknown class 'cta' (did you mean 'cat'?); the 3 classes: cat, dog, fox"),
+])
+def test_named_noise_map_with_an_unknown_class_is_one_clear_error(mapping, words):
+    from ablations.data.sources import DataError
+
+    raw = _raw(30, 3, 0, classes=["cat", "dog", "fox"])
+    with pytest.raises(DataError, match=re.escape(words)):
+        make_splits(raw, _cfg(val_fraction=0.1, label_noise=0.2, noise_kind="asymmetric", noise_map=mapping), 0)
+
+
+@pytest.mark.parametrize("over,words", [
+    ({"label_noise": 1.0}, "data.label_noise"),
+    ({"label_noise": -0.1}, "data.label_noise"),
+    ({"noise_map": {"cat": "dog"}}, "data.noise_map: a class map is for noise_kind=asymmetric"),
+    ({"noise_kind": "asymmetric", "noise_map": {"cat": "cat"}}, "data.noise_map.cat: must name another class"),
+])
+def test_bad_noise_settings_name_the_key(over, words):
+    from ablations.config import make
+
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        make({"data": {"name": "synthetic", "label_noise": 0.2, **over}})

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import ConfigError, flatten, parse_value
+from .config import ConfigError, default_values, flatten, parse_value
 from .errors import RunError, UserError
 
 DEFAULT_OUT = "runs"
@@ -48,6 +48,12 @@ def _line(cfg, res: dict, run_dir: Path) -> str:
 def _config_changes(stored: dict, now: dict) -> list[str]:
     """Dotted keys whose values differ between a run's config.json and the config resolved now."""
     a, b = flatten(stored), flatten(now)
+    # an option added since the run was made is absent from its config.json; at its default it changes
+    # nothing (new options default to the old behaviour), so it is not a difference
+    defaults = default_values(now)
+    for k in set(b) - set(a):
+        if k in defaults and defaults[k] == b[k]:
+            a[k] = b[k]
     return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
             for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
 
@@ -116,6 +122,7 @@ def cmd_run(args) -> int:
     _study_record(rd, study_dir_for(out, study.name, cfgs[0].preset), {
         "name": study.name, "title": study.title, "description": study.description, "notes": study.notes,
         "file": str(study.path), "variants": list(study.variants), "sections": list(study.sections),
+        "compare": list(study.compare),
         "metric": study.metric, "goal": study.goal})
     for cfg, d, resume in plan:  # resolve() put every referenced run before the runs that need it
         res = run(cfg, d, resume=resume, refs=ref_dirs(out, cfg), overwrite=args.overwrite, restart=not resume)

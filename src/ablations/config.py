@@ -344,6 +344,16 @@ def type_section(section: str, raw: Any, cls: type, origins: dict[str, str], ent
     return obj
 
 
+def default_values(cfg: dict) -> dict[str, Any]:
+    """Flattened defaults of the registry entries a (stored) config names: what a key absent from an older
+    config.json meant, and what a report leaves out as 'default'. {} when the entries no longer exist."""
+    try:
+        return flatten(build({k: {"name": cfg[k]["name"]} for k in _TYPED
+                              if isinstance(cfg.get(k), dict) and "name" in cfg[k]}, cross_checks=False).to_dict())
+    except UserError:
+        return {}
+
+
 def build(tree: dict, origins: Optional[dict[str, str]] = None, cross_checks: bool = True) -> RunConfig:
     """A merged plain dict -> a typed, validated RunConfig (every error one line naming the key).
     cross_checks=False skips the rules across sections (the report's "defaults of these entries")."""

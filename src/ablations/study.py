@@ -52,6 +52,9 @@ class Study:
     variants: dict  # name -> Variant, in file order
     notes: str = ""
     sections: tuple = ()  # extra report sections (registry SECTIONS) besides those its methods ask for
+    # the comparisons the study's question rests on: ({variant, vs, need}, ...), need = the difference of means
+    # (metric units, positive = better) the study's goal asks for, or None
+    compare: tuple = ()
 
     def _one(self, preset: str, v: str, sets: Optional[dict[str, Any]]) -> RunConfig:
         src = str(self.path)
@@ -120,8 +123,32 @@ class Study:
 
 
 _TOP_KEYS = {"name", "title", "description", "metric", "goal", "seeds", "default_preset", "base",
-             "presets", "variants", "notes", "sections"}
+             "presets", "variants", "notes", "sections", "compare"}
 _VARIANT_KEYS = {"set", "target", "presets", "description", "seeds"}
+_COMPARE_KEYS = {"variant", "vs", "need"}
+
+
+def _check_compare(path: Path, spec: Any, variants: dict) -> tuple:
+    """compare: a list of {variant: a, vs: b, need: number (optional)}, both names variants of the study."""
+    if spec is None:
+        return ()
+    if not isinstance(spec, list):
+        raise ConfigError(f"{path}: compare must be a list of {{variant: ..., vs: ..., need: ...}}, got {spec!r}")
+    out = []
+    for i, c in enumerate(spec):
+        at = f"{path}: compare[{i}]"
+        if not isinstance(c, dict) or set(c) - _COMPARE_KEYS or not {"variant", "vs"} <= set(c):
+            raise ConfigError(f"{at}: needs the keys variant and vs (and optionally need), got {c!r}")
+        for key in ("variant", "vs"):
+            if c[key] not in variants:
+                close = difflib.get_close_matches(str(c[key]), list(variants), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(f"{at}.{key}: {c[key]!r} is not a variant{hint}; variants: {', '.join(variants)}")
+        need = c.get("need")
+        if need is not None and (isinstance(need, bool) or not isinstance(need, (int, float))):
+            raise ConfigError(f"{at}.need must be a number (the difference the goal asks for), got {need!r}")
+        out.append({"variant": str(c["variant"]), "vs": str(c["vs"]), "need": None if need is None else float(need)})
+    return tuple(out)
 
 
 def _check_seeds(path: Path, where: str, spec: Any, presets: dict) -> Any:
@@ -195,6 +222,7 @@ def load_study(path: Path) -> Study:
         description=raw.get("description", ""), metric=raw.get("metric", "test_acc"), goal=goal, seeds=seeds,
         default_preset=default_preset, base=raw.get("base") or {}, presets=presets, variants=variants,
         notes=raw.get("notes", ""), sections=tuple(sections),
+        compare=_check_compare(path, raw.get("compare"), variants),
     )
     # validate every (preset, variant) combination now, so a typo fails before any run starts
     for p in study.presets:

@@ -19,10 +19,14 @@ class ImageDataConfig(DataConfig):
     normalize: Literal["unit", "standard", "model"] = opt(
         "standard", "unit: [0,1]; standard: the training split's per-channel mean/std; model: the backbone's own")
     image_size: int = opt(0, "input side, pixels (0: the model's default, else the stored size)", ge=0)
-    label_noise: float = opt(0.0, "share of training labels replaced by a wrong class (seeded)", ge=0, le=1)
+    # < 1: with every label replaced there is nothing left to learn from (and "symmetric" has no meaning)
+    label_noise: float = opt(0.0, "share of training labels replaced by a wrong class (seeded)", ge=0, lt=1)
     noise_kind: Literal["symmetric", "asymmetric"] = opt(
         "symmetric", "symmetric: a uniformly random other class; asymmetric: a fixed similar class "
-        "(CIFAR-10: truck->automobile, bird->airplane, deer->horse, cat<->dog; else class k -> k+1)")
+        "(noise_map; default on CIFAR-10: truck->automobile, bird->airplane, deer->horse, cat<->dog; else "
+        "class k -> k+1)")
+    noise_map: dict = opt(factory=dict, doc="asymmetric noise: {source class: the class its labels flip to}, by "
+                          "class name (empty: the default above); classes not named keep their labels")
     labels_csv: Optional[str] = opt(None, "CSV of training labels by image path (fast.ai's noisy_imagenette.csv "
                                     "format: path, noisy_labels_0/1/5/25/50, is_valid); image-folder datasets only")
     labels_column: str = opt("noisy_labels_0", "the labels_csv column to train on (the folder's class stays the "
@@ -55,6 +59,12 @@ class ImageDataConfig(DataConfig):
         if self.coreset_keep < 1 and self.coreset_score != "random" and not self.coreset_proxy:
             raise FieldError("coreset_proxy", f"coreset_score={self.coreset_score} ranks by a proxy run's scores: "
                              "name the proxy variant (or use coreset_score=random)")
+        if self.noise_map and self.noise_kind != "asymmetric":
+            raise FieldError("noise_map", "a class map is for noise_kind=asymmetric (symmetric noise draws the "
+                             "wrong class uniformly)")
+        for src, dst in self.noise_map.items():
+            if not isinstance(dst, str) or str(src) == dst:
+                raise FieldError(f"noise_map.{src}", f"must name another class, got {dst!r}")
         if self.labels_csv and self.label_noise > 0:
             raise FieldError("labels_csv", "set labels_csv (noise from a file) or label_noise (drawn), not both")
 

@@ -30,7 +30,7 @@ from ..config import ConfigError
 from .base import ImageDataConfig, RawData, Splits
 
 __all__ = ["make_splits", "channel_stats", "symmetric_noise", "asymmetric_noise", "asymmetric_map",
-           "stratified_take", "read_subset", "CIFAR10_ASYMMETRIC"]
+           "named_noise_map", "stratified_take", "read_subset", "CIFAR10_ASYMMETRIC"]
 
 # seeded streams (see the module docstring); never renumber: a stream number is part of what a seed means
 STREAM_VAL, STREAM_LIMIT, STREAM_VAL_EVAL, STREAM_TEST_EVAL, STREAM_NOISE, STREAM_LABELED = 1, 2, 3, 4, 5, 6
@@ -99,6 +99,27 @@ def asymmetric_map(classes: Sequence[str]) -> dict[int, int]:
         return {at[s]: at[t] for s, t in CIFAR10_ASYMMETRIC.items()}
     k = len(names)
     return {c: (c + 1) % k for c in range(k)} if k >= 2 else {}
+
+
+def named_noise_map(names: Mapping[str, str], classes: Sequence[str], where: str = "data.noise_map") -> dict[int, int]:
+    """A user's asymmetric map {source class name: target class name} as class indices (names matched
+    case-insensitively); a name that is not one of the dataset's classes is one clear error."""
+    import difflib
+
+    from .sources import DataError
+
+    at = {str(c).strip().lower(): i for i, c in enumerate(classes)}
+
+    def index(name: str, key: str) -> int:
+        i = at.get(str(name).strip().lower())
+        if i is None:
+            close = difflib.get_close_matches(str(name).strip().lower(), list(at), n=1)
+            hint = f" (did you mean {classes[at[close[0]]]!r}?)" if close else ""
+            shown = ", ".join(map(str, list(classes)[:12])) + (", ..." if len(classes) > 12 else "")
+            raise DataError(f"{key}: unknown class {name!r}{hint}; the {len(classes)} classes: {shown}")
+        return i
+
+    return {index(s, f"{where}.{s}"): index(t, f"{where}.{s}") for s, t in names.items()}
 
 
 def asymmetric_noise(y: torch.Tensor, rate: float, classes: Union[Sequence[str], Mapping[int, int]],
@@ -336,6 +357,7 @@ def make_splits(raw: RawData, cfg: ImageDataConfig, seed: int, scores: Optional[
     tr_idx = pool
 
     # 5. label noise (labeled training labels only)
+    noise_map = named_noise_map(cfg.noise_map, classes) if cfg.noise_map else asymmetric_map(classes)
     train_y = ty[tr_idx]
     train_y_true = None
     if cfg.labels_csv:
@@ -344,7 +366,7 @@ def make_splits(raw: RawData, cfg: ImageDataConfig, seed: int, scores: Optional[
     elif cfg.label_noise > 0:
         train_y_true = train_y
         if cfg.noise_kind == "asymmetric":
-            train_y = asymmetric_noise(train_y, cfg.label_noise, classes, _gen(seed, STREAM_NOISE))
+            train_y = asymmetric_noise(train_y, cfg.label_noise, noise_map, _gen(seed, STREAM_NOISE))
         else:
             train_y = symmetric_noise(train_y, cfg.label_noise, len(classes), _gen(seed, STREAM_NOISE))
 
@@ -377,8 +399,8 @@ def make_splits(raw: RawData, cfg: ImageDataConfig, seed: int, scores: Optional[
                  f"the folder's class)")
     elif cfg.label_noise:
         if cfg.noise_kind == "asymmetric":
-            if _is_cifar10(classes):
-                pairs = ", ".join(f"{classes[s]}->{classes[t]}" for s, t in asymmetric_map(classes).items())
+            if cfg.noise_map or _is_cifar10(classes):
+                pairs = ", ".join(f"{classes[s]}->{classes[t]}" for s, t in noise_map.items())
                 noise = (f", {_pct(cfg.label_noise)} of the {pairs.count('->')} confusable classes' labels flipped "
                          f"to a similar class ({pairs}) (seed {seed})")
             else:

@@ -32,7 +32,7 @@ def study_record(runs: list[Run]) -> dict:
 
         st = get_study(runs[0].config["study"])
         return {"description": st.description, "notes": st.notes, "variants": list(st.variants),
-                "sections": list(st.sections)}
+                "sections": list(st.sections), "compare": list(st.compare)}
     except Exception:  # an ad-hoc study or a renamed file
         return {}
 
@@ -92,6 +92,36 @@ def results_table(runs: list[Run]) -> str:
         missing = f" ({len(rs) - len(done)} unfinished)" if len(done) < len(rs) else ""
         lines.append(f"| {v} | {'' if target is None else f'{target:g}'} | {fmt_ms(m, s, len(vals))}{missing} "
                      f"| {len(vals)} | {gap} | {vs_ref} | {best} | {epochs} | {_dur(wall)} | {dev} |")
+    return "\n".join(lines)
+
+
+def comparisons_table(runs: list[Run], compare: list[dict]) -> str:
+    """The comparisons the study's question rests on (study file `compare`): the difference of means
+    (positive = better), the verdict over seeds, and whether the difference the study's goal asks for is
+    reached; a goal is only called met when the difference is also significant."""
+    metric, goal = runs[0].config.get("metric", "test_acc"), runs[0].config.get("goal", "max")
+    lines = ["### The study's comparisons", "",
+             f"| variant | vs | difference in {metric} | seeds | verdict | goal | goal met |", "|---|---|---|---|---|---|---|"]
+    for c in compare:
+        a, b = _values(runs, c["vs"], metric), _values(runs, c["variant"], metric)
+        cmp = _compare(runs, c["vs"], c["variant"], metric, goal)
+        need = c.get("need")
+        if cmp is None:
+            diff, verdict, met = "n/a (no finished runs)", "", ""
+        else:
+            p = "" if cmp["p"] is None else f", p={cmp['p']:.2g}"
+            diff, verdict = f"{cmp['diff']:+.2f}", cmp["verdict"] + p
+            # a goal below 0 is a tolerance ("within 0.3 of"): inside the seed spread counts as met
+            reached = need is not None and cmp["diff"] >= need
+            if need is None:
+                met = ""
+            elif need > 0:
+                met = "yes" if reached and cmp["verdict"] == "significant" else (
+                    "reached, not significant" if reached else f"no (short by {need - cmp['diff']:.2f})")
+            else:
+                met = "yes" if reached else f"no (short by {need - cmp['diff']:.2f})"
+        need_s = "" if need is None else (f">= {need:+g}" if need > 0 else f"no worse than {need:+g}")
+        lines.append(f"| {c['variant']} | {c['vs']} | {diff} | {len(b)} vs {len(a)} | {verdict} | {need_s} | {met} |")
     return "\n".join(lines)
 
 
@@ -162,13 +192,9 @@ def plot_curves(runs: list[Run], out: Path) -> Path | None:
 
 
 def _nondefault(cfg: dict) -> str:
-    try:  # the defaults of the same registry entries (a config.json of an older layout: show every key)
-        from ..config import build
+    from ..config import default_values
 
-        base = flatten(build({k: {"name": cfg[k]["name"]} for k in ("data", "model", "method", "loss")
-                              if isinstance(cfg.get(k), dict) and "name" in cfg[k]}, cross_checks=False).to_dict())
-    except Exception:
-        base = {}
+    base = default_values(cfg)  # of the same registry entries ({} for an older layout: every key shown)
     skip = {"study", "variant", "preset", "seed", "task", "metric", "goal", "target"}
     diff = {k: v for k, v in flatten(cfg).items() if k not in skip and base.get(k) != v
             and not (isinstance(v, list) and tuple(v) == base.get(k))}
@@ -183,6 +209,8 @@ def render_markdown(runs: list[Run], out: Path) -> str:
     if st.get("description"):
         parts += [st["description"].strip(), ""]
     parts += ["## Results", "", results_table(runs), ""]
+    if st.get("compare"):
+        parts += [comparisons_table(runs, st["compare"]), ""]
     finished = [r for r in runs if r.result]
     if finished:
         total = sum(r.wall_time for r in finished)
