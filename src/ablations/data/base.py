@@ -32,7 +32,7 @@ class ImageDataConfig(DataConfig):
     labels_column: str = opt("noisy_labels_0", "the labels_csv column to train on (the folder's class stays the "
                              "true label)")
     labeled_fraction: float = opt(1.0, "share of the training split that keeps its labels; the rest becomes the "
-                                  "unlabeled split (seeded, stratified by class)", ge=0, le=1)
+                                  "unlabeled split (seeded, stratified by class)", gt=0, le=1)
     labeled_per_class: int = opt(0, "labeled training examples per class (0: use labeled_fraction)", ge=0)
     subset: Optional[str] = opt(None, "file of training-split indices to keep (JSON list, or one per line): "
                                 "a core-set")

@@ -117,6 +117,12 @@ class Supervised(Method):
         self.tx, self.ty = d.train_x.to(dev), d.train_y.to(dev)
         self.vx, self.vy = d.val_x.to(dev), d.val_y.to(dev)
         self.bs = min(cfg.train.batch_size, len(self.tx))
+        dc = cfg.data
+        if (getattr(dc, "labeled_per_class", 0) or getattr(dc, "labeled_fraction", 1.0) < 1) and len(self.tx) < len(d.classes):
+            # fewer labeled images than classes: some class is never seen with its label
+            key = "data.labeled_per_class" if dc.labeled_per_class else "data.labeled_fraction"
+            raise RunError(f"{key}={getattr(dc, key.split('.')[1])}: {len(self.tx)} labeled training images for "
+                           f"{len(d.classes)} classes; label at least one image per class")
         if self.bs < 1:
             raise RunError(f"data {cfg.data.name}: the training split is empty")
         mc = cfg.method
@@ -379,7 +385,9 @@ class Supervised(Method):
 
     def finish(self, result: dict) -> dict:
         d = self.data
-        out = {"data_source": d.source, "splits": d.splits, "init_s": self.init_s}
+        out = {"data_source": d.source, "splits": d.splits, "init_s": self.init_s,
+               # the label budget (the few-labels report's x axis): labeled and unlabeled training images
+               "n_labeled": len(d.train_y), "n_unlabeled": len(d.unlabeled_y) if d.unlabeled_y is not None else 0}
         if self.forget is not None:
             self.train_mode(False)
             rd.save_tensors(self.run_dir / rd.SCORES, self.example_scores())

@@ -1,0 +1,167 @@
+"""Semi-supervised fine-tuning: what every algorithm that learns from unlabeled images shares (USB's
+AlgorithmBase, smaller). An algorithm file (pseudolabel.py, fixmatch.py) subclasses SemiSupervised and
+writes `unlabeled_loss` only; labeled batches, unlabeled batches, the warm-up of the unlabeled weight and the
+pseudo-label bookkeeping live here, and the loop (loop.py) is the one every method uses.
+
+The data: data.labeled_fraction / data.labeled_per_class split the training set (data/splits.py, seeded,
+class-balanced) into a labeled part (train_x) and an unlabeled part whose labels are withheld (unlabeled_x;
+their true labels are read only to measure the pseudo-labels). Each step takes B labeled and mu * B unlabeled
+images. The `train` augmentation pipeline is the weak view, `strong` the strong one (FixMatch).
+
+CPU feasibility (the design problem): with a frozen backbone (method.train_stages 0) nothing in the backbone
+changes, so every view it will ever see can be computed once. `views` weak views of every training image and
+`views` strong views of every unlabeled image are drawn (view k seeded by k alone, so every seed and every
+variant of a study shares them) and their features cached on disk (methods/features.py); a step then picks one
+cached view per image at random and trains the head on features: seconds per epoch instead of minutes. A
+trainable backbone (train_stages > 0) augments and runs the backbone every step, as written in the papers.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..config import FieldError, RunConfig, opt
+from ..data.augment import build_pipeline
+from ..errors import RunError
+from ..runtime import Runtime
+from .finetune import Finetune, FinetuneConfig
+
+
+@dataclass(frozen=True)
+class SemiSupConfig(FinetuneConfig):
+    """Options every semi-supervised algorithm shares."""
+    mu: int = opt(7, "unlabeled images per labeled image in a step (FixMatch's mu)", ge=1)
+    lambda_u: float = opt(1.0, "weight of the unlabeled loss", ge=0)
+    tau: float = opt(0.95, "confidence threshold: a pseudo-label counts where the model's max probability >= tau",
+                     gt=0, le=1)
+    unsup_warmup: float = opt(0.0, "epochs over which the unlabeled weight ramps linearly from 0 to lambda_u", ge=0)
+    views: int = opt(4, "frozen backbone: augmented views per image (per pipeline) whose features are computed once",
+                     ge=1)
+
+
+class SemiSupervised(Finetune):
+    """Labeled + unlabeled batches; subclasses define unlabeled_loss (and whether they need strong views)."""
+    Config = SemiSupConfig
+    aug_roles = ("train", "strong")
+    report_sections = ("results", "curves", "transfer", "fewlabels")
+    needs_strong = False  # FixMatch: True (the `strong` pipeline must be set)
+
+    @classmethod
+    def check(cls, cfg: RunConfig) -> None:
+        super().check(cfg)
+        d = cfg.data
+        if getattr(d, "labeled_fraction", 1.0) >= 1 and not getattr(d, "labeled_per_class", 0):
+            raise FieldError("data.labeled_fraction", f"method {cfg.method.name} learns from unlabeled images: set "
+                             "data.labeled_fraction below 1 or data.labeled_per_class")
+        if cls.needs_strong and not d.aug.get("strong"):
+            raise FieldError("data.aug.strong", f"method {cfg.method.name} trains on a strong view: name its "
+                             "pipeline, e.g. [randaugment, cutout]")
+
+    def __init__(self, cfg: RunConfig, rt: Runtime, run_dir: Path, refs: dict[str, Path]):
+        super().__init__(cfg, rt, run_dir, refs)
+        d, mc, dev = self.data, cfg.method, rt.device
+        if d.unlabeled_x is None or not len(d.unlabeled_x):
+            raise RunError(f"data {cfg.data.name}: no unlabeled training images (labeled_fraction "
+                           f"{cfg.data.labeled_fraction}, labeled_per_class {cfg.data.labeled_per_class})")
+        self.ux, self.uy = d.unlabeled_x.to(dev), d.unlabeled_y.to(dev)
+        self.strong = build_pipeline(cfg.data.aug.get("strong", []))
+        self.ubs = mc.mu * self.bs
+        # a frozen backbone: every view computed once (the parent cached nothing: the views are augmented)
+        self.view_mode = (mc.cache_features == "auto" and self.model.backbone_frozen()
+                          and not (mc.altflip or mc.low_res or mc.tta))
+        self.tv = self.uw = self.us = None  # (K, N, D) features of the views
+        if self.view_mode:
+            self.cached = True  # the head trains on features; evaluation reads plain features (Finetune)
+            self.vx = self.features(self.vx)
+            self.tv = self.view_features(self.tx, self.aug, "weak")
+            self.uw = self.view_features(self.ux, self.aug, "weak")
+            if self.needs_strong:
+                self.us = self.view_features(self.ux, self.strong, "strong")
+
+    # -- cached views
+    def view_features(self, x: torch.Tensor, pipeline, role: str) -> torch.Tensor:
+        """(K, N, D): the frozen backbone's features of K augmented views of x (one when the pipeline draws
+        nothing at random). View k is drawn with a generator seeded by k alone, in batches of
+        eval_batch_size, so the disk cache key is (images, backbone, pipeline, k, batch size)."""
+        from .features import cached_features, content_key
+
+        k_views = self.cfg.method.views if pipeline.random else 1
+        base = content_key(self.model.backbone, x, self.prep, self.rt.dtype)
+        spec = json.dumps(self.cfg.data.aug.get("train" if role == "weak" else "strong", []), sort_keys=True)
+        out = []
+        for k in range(k_views):
+            key = hashlib.blake2b(f"{base}|{role}|{spec}|view{k}|bs{self.cfg.train.eval_batch_size}".encode(),
+                                  digest_size=16).hexdigest()
+            gen = torch.Generator(device=self.rt.device).manual_seed(1_000_003 * (k + 1) + 17)
+            out.append(cached_features(self.model, x, lambda xb, g=gen: self.prep(xb, g, pipeline), self.rt.device,
+                                       self.rt.dtype, self.cfg.train.eval_batch_size, cache_key=key,
+                                       stats=self.cache_stats))
+        return torch.stack(out)
+
+    # -- training
+    def steps_per_epoch(self) -> int:
+        # an epoch is one pass over the unlabeled images (the labeled ones cycle, as in FixMatch)
+        return self.cfg.train.steps_per_epoch or max(1, len(self.ux) // self.ubs)
+
+    def batches(self, epoch: int, gen: torch.Generator) -> Iterator[tuple]:
+        steps, dev = self.steps_per_epoch(), self.rt.device
+        lab = torch.cat([torch.randperm(len(self.tx), generator=gen, device=dev)
+                         for _ in range(-(-steps * self.bs // len(self.tx)))])
+        unl = torch.cat([torch.randperm(len(self.ux), generator=gen, device=dev)
+                         for _ in range(-(-steps * self.ubs // len(self.ux)))])
+        for i in range(steps):
+            li, ui = lab[i * self.bs:(i + 1) * self.bs], unl[i * self.ubs:(i + 1) * self.ubs]
+            progress = epoch - 1 + i / steps  # epochs done: the unlabeled weight's warm-up
+            if self.view_mode:  # one of the cached views per image, at random
+                pick = lambda v, idx: v[torch.randint(len(v), (len(idx),), generator=gen, device=dev), idx]  # noqa: E731
+                xl, uw = pick(self.tv, li), pick(self.uw, ui)
+                us = pick(self.us, ui) if self.us is not None else None
+            else:
+                xl, uw = self.prep(self.tx[li], gen), self.prep(self.ux[ui], gen)
+                us = self.prep(self.ux[ui], gen, self.strong) if self.needs_strong else None
+            yield xl, self.ty[li], uw, us, self.uy[ui], progress
+
+    def unlabeled_loss(self, uw: torch.Tensor, us: Optional[torch.Tensor]
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss (scalar, mean over the unlabeled batch), pseudo-labels (U,), mask (U,) bool: which count)."""
+        raise NotImplementedError
+
+    def train_step(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        xl, yl, uw, us, u_true, progress = batch
+        out = self.forward(xl)
+        loss_s = self.loss_fn(out, yl)
+        loss_u, pseudo, mask = self.unlabeled_loss(uw, us)
+        mc = self.cfg.method
+        ramp = min(1.0, progress / mc.unsup_warmup) if mc.unsup_warmup > 0 else 1.0
+        loss = loss_s + mc.lambda_u * ramp * loss_u
+        right = pseudo == u_true
+        n, nu = len(yl), len(u_true)
+        return loss, {"n": torch.tensor(float(n)), "loss": loss_s.detach() * n, "acc": 100.0 * (out.argmax(1) == yl).sum(),
+                      "nu": torch.tensor(float(nu)), "loss_u": loss_u.detach() * nu, "mask": mask.sum().float(),
+                      "pl_right": (right & mask).sum().float(), "pl_right_all": right.sum().float()}
+
+    def summarize(self, sums: dict[str, float], train_time: float) -> dict[str, float]:
+        out = super().summarize(sums, train_time)
+        nu, m = max(sums["nu"], 1.0), sums["mask"]
+        out.update({"train_loss_u": sums["loss_u"] / nu,
+                    "pl_coverage": 100.0 * m / nu,  # % of unlabeled images whose pseudo-label counted
+                    "pl_acc": 100.0 * sums["pl_right"] / m if m else float("nan"),  # % right among those
+                    "pl_acc_all": 100.0 * sums["pl_right_all"] / nu,  # % right over all (threshold 0)
+                    "unlabeled_per_s": sums["nu"] / max(train_time, 1e-9)})
+        return out
+
+
+def confident(logits: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pseudo-labels, mask) of (U, C) logits: the argmax, and where its probability is >= tau. No gradient."""
+    p = F.softmax(logits.detach().float(), dim=1)
+    conf, pseudo = p.max(dim=1)
+    return pseudo, conf >= tau
+
+
+__all__ = ["SemiSupConfig", "SemiSupervised", "confident"]

@@ -1,0 +1,144 @@
+"""Semi-supervised fine-tuning (methods/semisup.py and one file per algorithm): the unlabeled losses against a
+hand computation, the cached views against fresh ones, every algorithm end to end with its report section,
+resume equivalence, and the bad-input lines."""
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ablations import loop
+from ablations import rundir as rd
+from ablations import runtime
+from ablations.config import ConfigError, make
+from ablations.methods.semisup import SemiSupervised, confident
+from ablations.registry import METHODS
+from test_transfer import _isolated, _one_thread  # noqa: F401  (autouse: a temporary cache, one thread)
+
+SSL = [e.name for e in METHODS.entries() if isinstance(e.obj, type) and issubclass(e.obj, SemiSupervised)]
+
+
+def _cfg(method: str, seed: int = 0, **over):
+    tree = {"data": {"name": "synthetic", "n_train": 120, "n_test": 48, "n_classes": 3, "noise": 0.35,
+                     "image_size": 32, "normalize": "model", "val_fraction": 0.2, "labeled_per_class": 4,
+                     "aug": {"train": [{"translate": 2}], "strong": [{"randaugment": {"n_ops": 2}}, "cutout"]}},
+            "model": {"name": "resnet18", "pretrained": False},
+            "method": {"name": method, "mu": 3, "tau": 0.5, "views": 2},
+            "optim": {"name": "adam", "lr": 0.01},
+            "train": {"epochs": 2, "batch_size": 8, "eval_batch_size": 32, "threads": 1, "precision": "fp32",
+                      "log_every": 1000}}
+    for k, v in over.items():
+        sec, key = k.split(".", 1)
+        tree.setdefault(sec, {})[key] = v
+    return make(tree, study="fewlabels", variant=method, preset="smoke", seed=seed)
+
+
+def test_the_registry_has_the_algorithms():
+    assert {"pseudolabel", "fixmatch"} <= set(SSL)
+
+
+def test_confident_and_the_unlabeled_losses_by_hand():
+    z = torch.tensor([[3.0, 0.0, 0.0], [0.2, 0.1, 0.0], [0.0, 0.0, 5.0]])
+    pseudo, mask = confident(z, 0.8)
+    assert pseudo.tolist() == [0, 0, 2] and mask.tolist() == [True, False, True]  # softmax max: .91, .37, .99
+    strong = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    views = {id(z): z, id(strong): strong}
+    fake = SimpleNamespace(cfg=SimpleNamespace(method=SimpleNamespace(tau=0.8)), forward=lambda x: views[id(x)])
+    want_fix = (F.cross_entropy(strong[0:1], torch.tensor([0])) + F.cross_entropy(strong[2:3], torch.tensor([2]))) / 3
+    loss, p, m = METHODS.get("fixmatch").unlabeled_loss(fake, z, strong)
+    assert loss.item() == pytest.approx(want_fix.item()) and p.tolist() == [0, 0, 2] and m.tolist() == [True, False, True]
+    want_pl = (F.cross_entropy(z[0:1], torch.tensor([0])) + F.cross_entropy(z[2:3], torch.tensor([2]))) / 3
+    loss, _, _ = METHODS.get("pseudolabel").unlabeled_loss(fake, z, None)
+    assert loss.item() == pytest.approx(want_pl.item())
+
+
+def test_cached_views_are_the_backbones_features_of_seeded_views(tmp_path):
+    """A cached view k is backbone(prep(x, generator seeded by k)) and is shared across seeds and algorithms."""
+    c = _cfg("fixmatch")
+    m = METHODS.get("fixmatch")(c, runtime.setup(c.train, c.seed), tmp_path / "a", {})
+    assert m.view_mode and m.uw.shape[:2] == (2, len(m.ux)) and m.us.shape[:2] == (2, len(m.ux))
+    assert m.tv.shape[:2] == (2, len(m.tx)) and not torch.equal(m.uw[0], m.uw[1])  # two different views
+    gen = torch.Generator().manual_seed(1_000_003 * 2 + 17)  # view 1
+    m.model.eval()
+    with torch.no_grad():
+        fresh = torch.cat([m.model.backbone(m.prep(m.ux[i:i + 32], gen, m.strong)) for i in range(0, len(m.ux), 32)])
+    assert torch.allclose(m.us[1], fresh, atol=1e-5)
+    assert m.cache_stats["from_disk"] is False
+    # another algorithm, same seed: the validation features and the weak views come from the disk cache
+    c2 = _cfg("pseudolabel")
+    m2 = METHODS.get("pseudolabel")(c2, runtime.setup(c2.train, c2.seed), tmp_path / "b", {})
+    assert m2.cache_stats["from_disk"] is True and torch.equal(m2.uw, m.uw) and m2.us is None
+
+
+@pytest.mark.parametrize("method", SSL)
+def test_every_algorithm_trains_and_reports_its_pseudo_labels(tmp_path, method):
+    d = tmp_path / "fewlabels" / "smoke" / method / "seed0"
+    res = loop.run(_cfg(method), d)
+    assert res["n_labeled"] == 12 and res["n_unlabeled"] == 120 - 24 - 12
+    assert res["trainable_params"] == 512 * 3 + 3  # the head alone: the views were cached
+    recs = [r for r in rd.read_metrics(d / rd.METRICS) if "pl_coverage" in r]
+    assert len(recs) == 2
+    for r in recs:
+        assert 0 <= r["pl_coverage"] <= 100 and 0 <= r["pl_acc_all"] <= 100 and r["train_loss_u"] >= 0
+    from ablations.report.render import write_report
+
+    text = write_report(tmp_path / "fewlabels" / "smoke").read_text()
+    assert "## Few labels" in text and "| " + method + " | " in text and "pseudolabels.png" in text
+    share = 100 * 12 / 96
+    assert f"{share:g} % labeled" in text or f"{round(share, 2):g} % labeled" in text
+    assert (tmp_path / "fewlabels" / "smoke" / "fewlabels.png").stat().st_size > 1000
+
+
+def test_fixmatch_through_a_trainable_stage_runs(tmp_path):
+    """A trainable last stage: views are augmented and pushed through the backbone every step."""
+    res = loop.run(_cfg("fixmatch", **{"method.train_stages": 1, "train.epochs": 1}), tmp_path / "r")
+    assert res["trainable_params"] > 512 * 3 + 3
+
+
+@pytest.mark.parametrize("method", SSL)
+def test_resume_equals_not_stopping(tmp_path, method, interrupted_run):
+    c = _cfg(method, **{"train.epochs": 3})
+    full = loop.run(c, tmp_path / "full")
+    interrupted_run(c, tmp_path / "cut", epoch=1)
+    resumed = loop.run(c, tmp_path / "cut", resume=True)
+    strip = lambda rs: [{k: v for k, v in r.items() if not k.endswith(("_s", "_time", "per_s")) and k != "time"}  # noqa: E731
+                        for r in rs]
+    assert strip(rd.read_metrics(tmp_path / "full" / rd.METRICS)) == strip(rd.read_metrics(tmp_path / "cut" / rd.METRICS))
+    assert full["test_acc"] == resumed["test_acc"]
+
+
+@pytest.mark.parametrize("over,words", [
+    ({"method.tau": 0.0}, "method.tau"),
+    ({"method.tau": 1.5}, "method.tau"),
+    ({"data.labeled_fraction": 0.0, "data.labeled_per_class": 0}, "data.labeled_fraction"),
+    ({"data.labeled_fraction": 1.5, "data.labeled_per_class": 0}, "data.labeled_fraction"),
+    ({"data.labeled_per_class": 0}, "data.labeled_fraction: method fixmatch learns from unlabeled images"),
+    ({"data.aug": {"train": ["flip"]}}, "data.aug.strong: method fixmatch trains on a strong view"),
+])
+def test_bad_settings_name_the_key(over, words):
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        _cfg("fixmatch", **over)
+
+
+def test_fewer_labeled_images_than_classes_is_one_line(tmp_path, capsys):
+    from ablations.cli import main
+
+    study = tmp_path / "s.yaml"
+    study.write_text("""
+name: s
+base:
+  data: {name: synthetic, n_train: 8, n_test: 16, n_classes: 10, image_size: 32, normalize: model,
+         val_fraction: 0.0, labeled_fraction: 0.05, aug: {strong: [cutout]}}
+  model: {name: resnet18, pretrained: false}
+  method: {name: fixmatch}
+  train: {epochs: 1, batch_size: 4, threads: 1}
+presets: {smoke: {}}
+variants: {v: {}}
+""")
+    assert main(["run", str(study), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "data.labeled_fraction=0.05:" in err and "labeled training images for 10 classes" in err
+    assert err.count("\n") == 1
