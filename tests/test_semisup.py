@@ -61,16 +61,37 @@ def test_cached_views_are_the_backbones_features_of_seeded_views(tmp_path):
     m = METHODS.get("fixmatch")(c, runtime.setup(c.train, c.seed), tmp_path / "a", {})
     assert m.view_mode and m.uw.shape[:2] == (2, len(m.ux)) and m.us.shape[:2] == (2, len(m.ux))
     assert m.tv.shape[:2] == (2, len(m.tx)) and not torch.equal(m.uw[0], m.uw[1])  # two different views
-    gen = torch.Generator().manual_seed(1_000_003 * 2 + 17)  # view 1
+    # view 1, recomputed by hand: every train-split image the run touches, in index order, batches of 32
+    from ablations.registry import DATASETS
+
+    raw = DATASETS.get("synthetic")(c.data, None)
+    d = m.data
+    used = torch.cat([d.train_index, d.unlabeled_index, d.val_index]).unique()
+    assert len(used) == 120  # no limit: the whole train split, whatever the seed
+    gen = torch.Generator().manual_seed(1_000_003 * 2 + 17)
     m.model.eval()
     with torch.no_grad():
-        fresh = torch.cat([m.model.backbone(m.prep(m.ux[i:i + 32], gen, m.strong)) for i in range(0, len(m.ux), 32)])
-    assert torch.allclose(m.us[1], fresh, atol=1e-5)
+        x = raw.train_x[used]
+        fresh = torch.cat([m.model.backbone(m.prep(x[i:i + 32], gen, m.strong)) for i in range(0, len(x), 32)])
+    pos = {int(j): p for p, j in enumerate(used)}
+    assert torch.allclose(m.us[1], fresh[[pos[int(j)] for j in d.unlabeled_index]], atol=1e-5)
+    assert torch.equal(m.data.unlabeled_y, raw.train_y[d.unlabeled_index])  # the index is the image's
     assert m.cache_stats["from_disk"] is False
     # another algorithm, same seed: the validation features and the weak views come from the disk cache
     c2 = _cfg("pseudolabel")
     m2 = METHODS.get("pseudolabel")(c2, runtime.setup(c2.train, c2.seed), tmp_path / "b", {})
     assert m2.cache_stats["from_disk"] is True and torch.equal(m2.uw, m.uw) and m2.us is None
+    # another seed (another validation carve and labeled split): the views of the same 120 images are reused
+    c3 = _cfg("fixmatch", seed=1)
+    # (runtime seed 0: the same random-init backbone, as pretrained weights would be)
+    m3 = METHODS.get("fixmatch")(c3, runtime.setup(c3.train, 0), tmp_path / "c", {})
+    # on disk: seed 0's validation features, 2 weak and 2 strong views; seed 1 added its validation features only
+    assert len(list((tmp_path / "cache" / "features").glob("*.pt"))) == 1 + 2 + 2 + 1
+    assert not torch.equal(m3.data.unlabeled_index, m.data.unlabeled_index)
+    both = [int(j) for j in m3.data.unlabeled_index if j in set(m.data.unlabeled_index.tolist())]
+    i1 = [m.data.unlabeled_index.tolist().index(j) for j in both]
+    i3 = [m3.data.unlabeled_index.tolist().index(j) for j in both]
+    assert torch.equal(m3.us[:, i3], m.us[:, i1])  # the same image has the same views in both runs
 
 
 @pytest.mark.parametrize("method", SSL)

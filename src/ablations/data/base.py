@@ -103,6 +103,11 @@ class Splits:
     unlabeled_x: Optional[torch.Tensor] = None  # training images whose labels are withheld (semi-supervised)
     unlabeled_y: Optional[torch.Tensor] = None  # their true labels: for measuring pseudo-labels only
     train_index: Optional[torch.Tensor] = None  # index of each training example in the dataset's train split
+    unlabeled_index: Optional[torch.Tensor] = None  # ... of each unlabeled one
+    val_index: Optional[torch.Tensor] = None  # ... of each validation one (None: the dataset's own val split)
+    # the dataset's train split as shipped (a reference, not a copy): what the indices above index; the
+    # semi-supervised methods compute augmented views of it once for every seed and label budget
+    all_train_x: Optional[torch.Tensor] = None
 
 
 @dataclass(frozen=True)

@@ -425,4 +425,5 @@ def make_splits(raw: RawData, cfg: ImageDataConfig, seed: int, scores: Optional[
                   test_x=raw.test_x[te_idx], test_y=raw.test_y[te_idx], classes=classes,
                   mean=mean, std=std, source=raw.source, splits=splits,  # type: ignore[arg-type]
                   train_y_true=train_y_true, unlabeled_x=unlabeled_x,
-                  unlabeled_y=ty[unl_idx] if unl_idx is not None else None, train_index=tr_idx)
+                  unlabeled_y=ty[unl_idx] if unl_idx is not None else None, train_index=tr_idx,
+                  unlabeled_index=unl_idx, val_index=None if own_val else val_idx, all_train_x=tx)

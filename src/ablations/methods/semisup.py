@@ -9,9 +9,10 @@ their true labels are read only to measure the pseudo-labels). Each step takes B
 images. The `train` augmentation pipeline is the weak view, `strong` the strong one (FixMatch).
 
 CPU feasibility (the design problem): with a frozen backbone (method.train_stages 0) nothing in the backbone
-changes, so every view it will ever see can be computed once. `views` weak views of every training image and
-`views` strong views of every unlabeled image are drawn (view k seeded by k alone, so every seed and every
-variant of a study shares them) and their features cached on disk (methods/features.py); a step then picks one
+changes, so every view it will ever see can be computed once. `views` weak and (FixMatch) `views` strong views
+of every train-split image the run touches are drawn (view k seeded by k alone: without data.limit every seed,
+label budget and algorithm of a study shares them) and their features cached on disk (methods/features.py);
+a step then picks one
 cached view per image at random and trains the head on features: seconds per epoch instead of minutes. A
 trainable backbone (train_stages > 0) augments and runs the backbone every step, as written in the papers.
 """
@@ -48,6 +49,7 @@ class SemiSupConfig(FinetuneConfig):
 class SemiSupervised(Finetune):
     """Labeled + unlabeled batches; subclasses define unlabeled_loss (and whether they need strong views)."""
     Config = SemiSupConfig
+    uses_all_train = True
     aug_roles = ("train", "strong")
     report_sections = ("results", "curves", "transfer", "fewlabels")
     needs_strong = False  # FixMatch: True (the `strong` pipeline must be set)
@@ -79,30 +81,40 @@ class SemiSupervised(Finetune):
         if self.view_mode:
             self.cached = True  # the head trains on features; evaluation reads plain features (Finetune)
             self.vx = self.features(self.vx)
-            self.tv = self.view_features(self.tx, self.aug, "weak")
-            self.uw = self.view_features(self.ux, self.aug, "weak")
+            self.tv, self.uw = self.view_features(self.aug, "weak", d.train_index, d.unlabeled_index)
             if self.needs_strong:
-                self.us = self.view_features(self.ux, self.strong, "strong")
+                self.us = self.view_features(self.strong, "strong", d.unlabeled_index)[0]
+        d.all_train_x = None
 
     # -- cached views
-    def view_features(self, x: torch.Tensor, pipeline, role: str) -> torch.Tensor:
-        """(K, N, D): the frozen backbone's features of K augmented views of x (one when the pipeline draws
-        nothing at random). View k is drawn with a generator seeded by k alone, in batches of
-        eval_batch_size, so the disk cache key is (images, backbone, pipeline, k, batch size)."""
+    def view_features(self, pipeline, role: str, *index: torch.Tensor) -> list[torch.Tensor]:
+        """(K, len(i), D) for each index tensor i (into the dataset's train split): the frozen backbone's
+        features of K augmented views of those images (one view when the pipeline draws nothing at random).
+
+        The views are computed for every train-split image the run touches (labeled, unlabeled, validation):
+        without data.limit that is the whole split, the same for every seed and label budget, so a study
+        computes them once. View k is drawn with a generator seeded by k alone, in batches of eval_batch_size;
+        the disk key is (those images, backbone, pipeline, k, batch size)."""
         from .features import cached_features, content_key
 
+        d = self.data
+        used = torch.cat([i for i in (d.train_index, d.unlabeled_index, d.val_index) if i is not None]).unique()
+        x = d.all_train_x[used].to(self.rt.device)  # (M, 3, H, W) uint8, M = the images the run touches
+        pos = torch.full((len(d.all_train_x),), -1, dtype=torch.int64)
+        pos[used] = torch.arange(len(used))
         k_views = self.cfg.method.views if pipeline.random else 1
         base = content_key(self.model.backbone, x, self.prep, self.rt.dtype)
         spec = json.dumps(self.cfg.data.aug.get("train" if role == "weak" else "strong", []), sort_keys=True)
-        out = []
+        views = []
         for k in range(k_views):
             key = hashlib.blake2b(f"{base}|{role}|{spec}|view{k}|bs{self.cfg.train.eval_batch_size}".encode(),
                                   digest_size=16).hexdigest()
             gen = torch.Generator(device=self.rt.device).manual_seed(1_000_003 * (k + 1) + 17)
-            out.append(cached_features(self.model, x, lambda xb, g=gen: self.prep(xb, g, pipeline), self.rt.device,
-                                       self.rt.dtype, self.cfg.train.eval_batch_size, cache_key=key,
-                                       stats=self.cache_stats))
-        return torch.stack(out)
+            views.append(cached_features(self.model, x, lambda xb, g=gen: self.prep(xb, g, pipeline), self.rt.device,
+                                         self.rt.dtype, self.cfg.train.eval_batch_size, cache_key=key,
+                                         stats=self.cache_stats))
+        v = torch.stack(views)  # (K, M, D)
+        return [v[:, pos[i].to(v.device)] for i in index]
 
     # -- training
     def steps_per_epoch(self) -> int:

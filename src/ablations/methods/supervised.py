@@ -74,6 +74,7 @@ class Supervised(Method):
     Config = SupervisedConfig
     input = "images"
     report_sections = ("results", "curves", "noisy_labels")  # the last: only where runs have label noise
+    uses_all_train = False  # keep Splits.all_train_x (a reference to the dataset's train split) after __init__
 
     @classmethod
     def check(cls, cfg: RunConfig) -> None:
@@ -113,6 +114,8 @@ class Supervised(Method):
             self.model.init_from_data(self.prep(d.train_x[pick].to(rt.device)).float())
             self.init_s = time.perf_counter() - t0
         dev = rt.device
+        if not self.uses_all_train:  # the dataset's whole train split: only the semi-supervised views read it
+            d.all_train_x = None
         # every split on the device once: CIFAR-10 is 150 MB as uint8
         self.tx, self.ty = d.train_x.to(dev), d.train_y.to(dev)
         self.vx, self.vy = d.val_x.to(dev), d.val_y.to(dev)
