@@ -163,3 +163,19 @@ variants: {v: {}}
     err = capsys.readouterr().err
     assert "data.labeled_fraction=0.05:" in err and "labeled training images for 10 classes" in err
     assert err.count("\n") == 1
+
+
+FEWLABELS = [(s, v) for s in ("cifar100-fewlabels",) for v in __import__("ablations.study", fromlist=["x"]).get_study(s).variants]
+
+
+@pytest.mark.parametrize("study,variant", FEWLABELS, ids=[f"{s}:{v}" for s, v in FEWLABELS])
+def test_every_fewlabels_variant_trains_an_epoch(study, variant, tmp_path):
+    """The study's smoke preset on synthetic images and a random-init backbone: a typo fails here, not after
+    the hour of caching views."""
+    from ablations.study import get_study
+
+    sets = {"data.name": "synthetic", "data.n_train": 240, "data.n_test": 32, "data.n_classes": 10,
+            "model.pretrained": False, "train.threads": 1}
+    (cfg,) = get_study(study).resolve("smoke", [variant], seeds=1, sets=sets)
+    res = loop.run(cfg, tmp_path / variant)
+    assert 0 <= res["test_acc"] <= 100 and res["n_labeled"] + res["n_unlabeled"] == 200
