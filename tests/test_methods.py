@@ -34,6 +34,16 @@ SMALL = {
     "finetune": lambda tmp: {**IMAGES, "data.image_size": 32, "model": {"name": "mobilenet_v2", "pretrained": False},
                              "method": {"name": "finetune", "train_stages": 1},
                              "optim": {"name": "adam", "lr": 0.002, "schedule": "cosine", "layer_decay": 0.5}},
+    # semi-supervised: pseudo-labelling on cached views of a frozen backbone, FixMatch through a trainable stage
+    "pseudolabel": lambda tmp: {**IMAGES, "data.image_size": 32, "data.labeled_per_class": 5,
+                                "model": {"name": "mobilenet_v2", "pretrained": False},
+                                "method": {"name": "pseudolabel", "mu": 2, "tau": 0.3, "views": 2},
+                                "optim": {"name": "adam", "lr": 0.003}, "train.batch_size": 16},
+    "fixmatch": lambda tmp: {**IMAGES, "data.image_size": 32, "data.labeled_per_class": 5,
+                             "data.aug": {"train": ["flip", {"translate": 2}], "strong": [{"randaugment": {}}, "cutout"]},
+                             "model": {"name": "mobilenet_v2", "pretrained": False},
+                             "method": {"name": "fixmatch", "mu": 2, "tau": 0.3, "train_stages": 1, "unsup_warmup": 1},
+                             "optim": {"name": "adam", "lr": 0.003}, "train.batch_size": 16},
     "language_model": lambda tmp: {
         "data": {"name": "text", "path": _corpus(tmp), "seq_len": 16},
         "model": {"name": "lstm", "hidden": 24, "embed": 8, "dropout": 0.1},
@@ -43,7 +53,7 @@ SMALL = {
         "train": {"epochs": 3, "steps_per_epoch": 4, "batch_size": 4, "threads": 1}},
 }
 NOT_TRAINED = {"zeroshot": "trains nothing; needs ImageNet weights and classes: tests/test_transfer.py"}
-TIME_KEYS = ("epoch_time", "time", "img_per_s", "tokens_per_s", "examples_per_s", "epoch_train_s")
+TIME_KEYS = ("epoch_time", "time", "img_per_s", "tokens_per_s", "examples_per_s", "epoch_train_s", "unlabeled_per_s")
 
 
 def cfg(method: str, tmp_path, **over):
