@@ -12,14 +12,14 @@ from ablations import rundir as rt
 def test_list(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    from ablations.registry import AUGS, DATASETS, LOSSES, MODELS, SECTIONS
+    from ablations.registry import AUGS, DATASETS, LOSSES, METHODS, MODELS, SECTIONS
     from ablations.study import STUDIES
 
     lines = out.splitlines()
     assert [ln.split()[0] for ln in lines if ln.startswith("  ") and ln.split()[0] in STUDIES.names()] \
         == STUDIES.names() and "cifar10-regularization" in STUDIES.names()
-    assert "methods: finetune, language_model, supervised, zeroshot" in lines
-    for title, reg in (("models", MODELS), ("datasets", DATASETS), ("losses", LOSSES), ("augmentations", AUGS),
+    assert {"finetune", "fixmatch", "language_model", "pseudolabel", "supervised", "zeroshot"} <= set(METHODS.names())
+    for title, reg in (("methods", METHODS), ("models", MODELS), ("datasets", DATASETS), ("losses", LOSSES), ("augmentations", AUGS),
                        ("report sections", SECTIONS)):
         assert f"{title}: {', '.join(reg.names())}" in lines, title
     assert {"vgg3", "cifar10", "flip", "ce"} <= set(MODELS.names()) | set(DATASETS.names()) | set(AUGS.names()) \
@@ -323,7 +323,8 @@ def test_the_studys_comparisons_table(tmp_path):
     from ablations.report.render import write_report
     from ablations.report.stats import welch
 
-    accs = {"ce": [60.0, 61.0, 60.5], "sce": [64.0, 64.5, 63.5], "gce": [61.0], "lc": [60.2, 60.3, 60.4]}
+    accs = {"ce": [60.0, 61.0, 60.5], "sce": [64.0, 64.5, 63.5], "gce": [61.0], "lc": [60.2, 60.3, 60.4],
+            "sce2": [62.0, 63.6, 62.8]}
     for variant, vals in accs.items():
         for seed, acc in enumerate(vals):
             d = tmp_path / "s" / variant / f"seed{seed}"
@@ -333,13 +334,17 @@ def test_the_studys_comparisons_table(tmp_path):
     rt.write_study_record(tmp_path / "s", {"variants": list(accs), "compare": [
         {"variant": "sce", "vs": "ce", "need": 2.0}, {"variant": "sce", "vs": "ce", "need": 5.0},
         {"variant": "gce", "vs": "ce", "need": 0.5}, {"variant": "lc", "vs": "ce", "need": -0.3},
-        {"variant": "ce", "vs": "sce", "need": None}]})
+        {"variant": "ce", "vs": "sce", "need": None}, {"variant": "sce2", "vs": "ce", "need": 2.0},
+        {"variant": "lc", "vs": "ce", "need": 0.0}]})
     md = write_report(tmp_path / "s").read_text()
     p = welch(accs["ce"], accs["sce"])[2]
     assert "### The study's comparisons" in md
     assert f"| sce | ce | +3.50 | 3 vs 3 | significant, p={p:.2g} | >= +2 | yes |" in md
     assert f"| sce | ce | +3.50 | 3 vs 3 | significant, p={p:.2g} | >= +5 | no (short by 1.50) |" in md
-    assert "| gce | ce | +0.50 | 1 vs 3 | untested (n=1) | >= +0.5 | reached, not significant |" in md
+    assert "| gce | ce | +0.50 | 1 vs 3 | untested (n=1) | >= +0.5 | untested (n=1) |" in md
+    # +2.3 reaches +2 but only 0.3 beyond it, inside the seed spread (0.8)
+    assert "| sce2 | ce | +2.30 | 3 vs 3 |" in md and "| >= +2 | reached, not beyond the seed spread |" in md
+    assert "| at least equal | no (short by 0.20) |" in md
     assert "| lc | ce | -0.20 | 3 vs 3 | not significant, p=" in md and "| no worse than -0.3 | yes |" in md
     assert f"| ce | sce | -3.50 | 3 vs 3 | significant, p={p:.2g} |  |  |" in md
 
@@ -349,6 +354,7 @@ def test_the_studys_comparisons_table(tmp_path):
     ("compare: [{variant: plain}]", "compare[0]: needs the keys variant and vs"),
     ("compare: [{variant: plain, vs: regular, need: lots}]", "compare[0].need must be a number"),
     ("compare: plain", "compare must be a list"),
+    ("compare: [{variant: plain, vs: plain}]", "compare[0]: compares 'plain' with itself"),
 ])
 def test_bad_study_comparisons_name_the_entry(tmp_path, tiny_study, capsys, compare, words):
     bad = tmp_path / "bad.yaml"

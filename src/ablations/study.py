@@ -144,6 +144,8 @@ def _check_compare(path: Path, spec: Any, variants: dict) -> tuple:
                 close = difflib.get_close_matches(str(c[key]), list(variants), n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ConfigError(f"{at}.{key}: {c[key]!r} is not a variant{hint}; variants: {', '.join(variants)}")
+        if c["variant"] == c["vs"]:
+            raise ConfigError(f"{at}: compares {c['variant']!r} with itself")
         need = c.get("need")
         if need is not None and (isinstance(need, bool) or not isinstance(need, (int, float))):
             raise ConfigError(f"{at}.need must be a number (the difference the goal asks for), got {need!r}")

@@ -63,7 +63,7 @@ class ImageDataConfig(DataConfig):
             raise FieldError("noise_map", "a class map is for noise_kind=asymmetric (symmetric noise draws the "
                              "wrong class uniformly)")
         for src, dst in self.noise_map.items():
-            if not isinstance(dst, str) or str(src) == dst:
+            if not isinstance(dst, str) or str(src).strip().lower() == dst.strip().lower():  # names match in any case
                 raise FieldError(f"noise_map.{src}", f"must name another class, got {dst!r}")
         if self.labels_csv and self.label_noise > 0:
             raise FieldError("labels_csv", "set labels_csv (noise from a file) or label_noise (drawn), not both")

@@ -40,6 +40,7 @@ class Finetune(Supervised):
     """Supervised training of a pretrained backbone with freezing, gradual unfreezing and cached features."""
     Config = FinetuneConfig
     report_sections = ("results", "curves", "transfer")
+    caches_views = False  # a subclass that caches augmented views itself (semisup.py): no plain train cache
 
     @classmethod
     def check(cls, cfg: RunConfig) -> None:
@@ -51,13 +52,19 @@ class Finetune(Supervised):
         mc = cfg.method
         self.model.configure(mc.train_stages, mc.unfreeze_every, mc.bn)
         # a frozen backbone without augmentation: features once, the head trains on them
-        self.cached = (mc.cache_features == "auto" and self.model.backbone_frozen() and not self.aug.random
-                       and not (mc.altflip or mc.low_res or mc.tta))  # these change the backbone's inputs
+        self.cached = self.frozen_inputs() and not self.aug.random and not self.caches_views
         self.cache_stats: dict = {}  # train + val features: what every epoch would recompute without the cache
         self.test_cache_stats: dict = {}
         if self.cached:
             self.tx = self.features(self.tx)
             self.vx = self.features(self.vx)
+
+    def frozen_inputs(self) -> bool:
+        """Whether the backbone is a fixed function of the stored images (so its features can be cached):
+        nothing in it trains and nothing changes its inputs but the augmentation pipeline."""
+        mc = self.cfg.method
+        return (mc.cache_features == "auto" and self.model.backbone_frozen()
+                and not (mc.altflip or mc.low_res or mc.tta))
 
     def features(self, x: torch.Tensor, stats: Optional[dict] = None) -> torch.Tensor:
         """The frozen backbone's (N, D) features of stored images (disk-cached); timings into `stats`."""

@@ -19,7 +19,6 @@ trainable backbone (train_stages > 0) augments and runs the backbone every step,
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
@@ -50,6 +49,7 @@ class SemiSupervised(Finetune):
     """Labeled + unlabeled batches; subclasses define unlabeled_loss (and whether they need strong views)."""
     Config = SemiSupConfig
     uses_all_train = True
+    caches_views = True
     aug_roles = ("train", "strong")
     report_sections = ("results", "curves", "transfer", "fewlabels")
     needs_strong = False  # FixMatch: True (the `strong` pipeline must be set)
@@ -57,44 +57,57 @@ class SemiSupervised(Finetune):
     @classmethod
     def check(cls, cfg: RunConfig) -> None:
         super().check(cfg)
-        d = cfg.data
+        d, mc = cfg.data, cfg.method
         if getattr(d, "labeled_fraction", 1.0) >= 1 and not getattr(d, "labeled_per_class", 0):
-            raise FieldError("data.labeled_fraction", f"method {cfg.method.name} learns from unlabeled images: set "
+            raise FieldError("data.labeled_fraction", f"method {mc.name} learns from unlabeled images: set "
                              "data.labeled_fraction below 1 or data.labeled_per_class")
         if cls.needs_strong and not d.aug.get("strong"):
-            raise FieldError("data.aug.strong", f"method {cfg.method.name} trains on a strong view: name its "
-                             "pipeline, e.g. [randaugment, cutout]")
+            raise FieldError("data.aug.strong", f"method {mc.name} trains on a strong view: name its "
+                             "pipeline, e.g. [flip, {translate: 4}, randaugment, cutout]")
+        # supervised options these batches and steps do not carry out: refused rather than silently ignored
+        for key, on in (("data.label_noise", getattr(d, "label_noise", 0) > 0),
+                        ("data.labels_csv", bool(getattr(d, "labels_csv", None))),
+                        ("method.score_examples", mc.score_examples), ("method.altflip", mc.altflip),
+                        ("method.low_res", mc.low_res > 0)):
+            if on:
+                raise FieldError(key, f"not supported by the semi-supervised method {mc.name}")
 
     def __init__(self, cfg: RunConfig, rt: Runtime, run_dir: Path, refs: dict[str, Path]):
-        super().__init__(cfg, rt, run_dir, refs)
+        super().__init__(cfg, rt, run_dir, refs)  # caches nothing for the training split (caches_views)
         d, mc, dev = self.data, cfg.method, rt.device
         if d.unlabeled_x is None or not len(d.unlabeled_x):
             raise RunError(f"data {cfg.data.name}: no unlabeled training images (labeled_fraction "
                            f"{cfg.data.labeled_fraction}, labeled_per_class {cfg.data.labeled_per_class})")
+        self.n_unlabeled = len(d.unlabeled_x)
         self.ux, self.uy = d.unlabeled_x.to(dev), d.unlabeled_y.to(dev)
         self.strong = build_pipeline(cfg.data.aug.get("strong", []))
-        self.ubs = mc.mu * self.bs
-        # a frozen backbone: every view computed once (the parent cached nothing: the views are augmented)
-        self.view_mode = (mc.cache_features == "auto" and self.model.backbone_frozen()
-                          and not (mc.altflip or mc.low_res or mc.tta))
+        # B labeled (fewer when the labeled set is smaller) and mu * batch_size unlabeled images per step
+        self.ubs = mc.mu * cfg.train.batch_size
+        # a frozen backbone: every view computed once
+        self.view_mode = self.frozen_inputs()
         self.tv = self.uw = self.us = None  # (K, N, D) features of the views
+        self.view_stats: dict = {}  # seconds spent on the views (kept apart from the per-epoch feature cache)
         if self.view_mode:
             self.cached = True  # the head trains on features; evaluation reads plain features (Finetune)
             self.vx = self.features(self.vx)
             self.tv, self.uw = self.view_features(self.aug, "weak", d.train_index, d.unlabeled_index)
             if self.needs_strong:
                 self.us = self.view_features(self.strong, "strong", d.unlabeled_index)[0]
+            self.ux = None  # only its views are read
         d.all_train_x = None
 
     # -- cached views
     def view_features(self, pipeline, role: str, *index: torch.Tensor) -> list[torch.Tensor]:
         """(K, len(i), D) for each index tensor i (into the dataset's train split): the frozen backbone's
-        features of K augmented views of those images (one view when the pipeline draws nothing at random).
+        features of K augmented views of those images (one when the pipeline draws nothing at random).
 
         The views are computed for every train-split image the run touches (labeled, unlabeled, validation):
         without data.limit that is the whole split, the same for every seed and label budget, so a study
-        computes them once. View k is drawn with a generator seeded by k alone, in batches of eval_batch_size;
-        the disk key is (those images, backbone, pipeline, k, batch size)."""
+        computes them once (and every seed trains on the same views: the seed spread leaves out the spread
+        of the augmentation draws). View k of a role is drawn with a generator seeded by (role, k) alone, in
+        batches of eval_batch_size; the disk key is (those images, backbone, the parsed pipeline, role, k,
+        batch size, device)."""
+        from ..data.augment import parse_pipeline
         from .features import cached_features, content_key
 
         d = self.data
@@ -104,29 +117,33 @@ class SemiSupervised(Finetune):
         pos[used] = torch.arange(len(used))
         k_views = self.cfg.method.views if pipeline.random else 1
         base = content_key(self.model.backbone, x, self.prep, self.rt.dtype)
-        spec = json.dumps(self.cfg.data.aug.get("train" if role == "weak" else "strong", []), sort_keys=True)
+        spec = repr(parse_pipeline(self.cfg.data.aug.get("train" if role == "weak" else "strong", [])))
         views = []
         for k in range(k_views):
-            key = hashlib.blake2b(f"{base}|{role}|{spec}|view{k}|bs{self.cfg.train.eval_batch_size}".encode(),
-                                  digest_size=16).hexdigest()
-            gen = torch.Generator(device=self.rt.device).manual_seed(1_000_003 * (k + 1) + 17)
+            key = hashlib.blake2b(f"{base}|{role}|{spec}|view{k}|bs{self.cfg.train.eval_batch_size}|"
+                                  f"{self.rt.device.type}".encode(), digest_size=16).hexdigest()
+            # weak and strong view k must not share their draws (a strong pipeline starting with the weak
+            # ops would otherwise repeat the weak view's crop and flip)
+            seed = 1_000_003 * (k + 1) + (17 if role == "weak" else 7_919)
+            gen = torch.Generator(device=self.rt.device).manual_seed(seed)
             views.append(cached_features(self.model, x, lambda xb, g=gen: self.prep(xb, g, pipeline), self.rt.device,
                                          self.rt.dtype, self.cfg.train.eval_batch_size, cache_key=key,
-                                         stats=self.cache_stats))
+                                         stats=self.view_stats))
         v = torch.stack(views)  # (K, M, D)
+        del views
         return [v[:, pos[i].to(v.device)] for i in index]
 
     # -- training
     def steps_per_epoch(self) -> int:
         # an epoch is one pass over the unlabeled images (the labeled ones cycle, as in FixMatch)
-        return self.cfg.train.steps_per_epoch or max(1, len(self.ux) // self.ubs)
+        return self.cfg.train.steps_per_epoch or max(1, self.n_unlabeled // self.ubs)
 
     def batches(self, epoch: int, gen: torch.Generator) -> Iterator[tuple]:
         steps, dev = self.steps_per_epoch(), self.rt.device
         lab = torch.cat([torch.randperm(len(self.tx), generator=gen, device=dev)
                          for _ in range(-(-steps * self.bs // len(self.tx)))])
-        unl = torch.cat([torch.randperm(len(self.ux), generator=gen, device=dev)
-                         for _ in range(-(-steps * self.ubs // len(self.ux)))])
+        unl = torch.cat([torch.randperm(self.n_unlabeled, generator=gen, device=dev)
+                         for _ in range(-(-steps * self.ubs // self.n_unlabeled))])
         for i in range(steps):
             li, ui = lab[i * self.bs:(i + 1) * self.bs], unl[i * self.ubs:(i + 1) * self.ubs]
             progress = epoch - 1 + i / steps  # epochs done: the unlabeled weight's warm-up
@@ -157,6 +174,12 @@ class SemiSupervised(Finetune):
         return loss, {"n": torch.tensor(float(n)), "loss": loss_s.detach() * n, "acc": 100.0 * (out.argmax(1) == yl).sum(),
                       "nu": torch.tensor(float(nu)), "loss_u": loss_u.detach() * nu, "mask": mask.sum().float(),
                       "pl_right": (right & mask).sum().float(), "pl_right_all": right.sum().float()}
+
+    def finish(self, result: dict) -> dict:
+        out = super().finish(result)
+        if self.view_mode:  # the views' one-time cost (the transfer section's time saved counts plain features only)
+            out["view_cache"] = self.view_stats
+        return out
 
     def summarize(self, sums: dict[str, float], train_time: float) -> dict[str, float]:
         out = super().summarize(sums, train_time)

@@ -3,14 +3,21 @@ labeled training images per method (a table and a plot, mean ± std over seeds),
 study has one, and the pseudo-labels of the semi-supervised methods over training (how many count, how many
 of those are right).
 
-A run's label budget is result.json's n_labeled / (n_labeled + n_unlabeled) (written by the supervised
-method and every method built on it); a zero-shot run (nothing trained) is the floor."""
+A run's label budget is its config's data.labeled_fraction / data.labeled_per_class (a column), measured as
+result.json's n_labeled / (n_labeled + n_unlabeled) (written by the supervised method and every method built
+on it); runs that differ in anything else (method, input size, epochs, ...) are separate rows; a zero-shot run
+(nothing trained) is the floor."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from .. import rundir as rt
+from ..config import flatten
 from ..registry import SECTIONS
+
+
+BUDGET_KEYS = ("data.labeled_fraction", "data.labeled_per_class")
+NOT_SETTINGS = {"study", "variant", "preset", "seed", "target", "metric", "goal", *BUDGET_KEYS}
 
 
 def _method(run: rt.Run) -> str:
@@ -19,7 +26,24 @@ def _method(run: rt.Run) -> str:
     if name == "finetune":  # what the supervised-only baseline trains
         stages = int(m.get("train_stages", 0))
         return "supervised (head)" if stages == 0 else f"supervised ({stages} stage(s) + head)"
+    if float(m.get("lambda_u", 1.0)) == 0.0:  # the semi-supervised batches and views with no unlabeled loss
+        return f"{name}, lambda_u 0 (labeled only)"
     return name
+
+
+def _budget(run: rt.Run) -> tuple[str, float]:
+    """(column label, sort key) of the configured label budget: 'N per class' or 'x %'."""
+    d = run.config.get("data") or {}
+    per = int(d.get("labeled_per_class") or 0)
+    if per:
+        return f"{per} per class", -per * 1e-6  # sorts below every fraction column with the same share
+    frac = float(d.get("labeled_fraction", 1.0))
+    return f"{100 * frac:g} %", frac
+
+
+def _setting(run: rt.Run) -> tuple:
+    """Everything the run's config sets but the label budget and the run's identity: one table row each."""
+    return tuple(sorted((k, repr(v)) for k, v in flatten(run.config).items() if k not in NOT_SETTINGS))
 
 
 def _share(run: rt.Run) -> float | None:
@@ -38,28 +62,42 @@ def render(run_list: list, out_dir: Path) -> str:
 
     runs = [r for r in run_list if r.result is not None]
     metric = runs[0].config.get("metric", "test_acc") if runs else "test_acc"
-    floor = [float(r.result[metric]) for r in runs if (r.config.get("method") or {}).get("name") == "zeroshot"
-             and metric in r.result]
-    cells: dict[tuple[str, float], list[float]] = {}
-    for r in runs:
-        share = _share(r)
-        if share is not None and metric in r.result:
-            cells.setdefault((_method(r), round(share, 2)), []).append(float(r.result[metric]))
-    if not cells:
+    is_floor = lambda r: (r.config.get("method") or {}).get("name") == "zeroshot"  # noqa: E731
+    floor = [float(r.result[metric]) for r in runs if is_floor(r) and metric in r.result]
+    trained = [r for r in runs if not is_floor(r) and _share(r) is not None and metric in r.result]
+    if not trained:
         return ""
-    methods = list(dict.fromkeys(m for m, _ in cells))
-    shares = sorted({s for _, s in cells}, reverse=True)
+    # rows: one per setting (method and every option but the budget), labelled by the method and what sets it
+    # apart from the other rows of that method; columns: the configured budgets, largest first
+    settings = list(dict.fromkeys(_setting(r) for r in trained))
+    label_of: dict[tuple, str] = {}
+    for st in settings:
+        name = _method(next(r for r in trained if _setting(r) == st))
+        same = [o for o in settings if o != st and _method(next(r for r in trained if _setting(r) == o)) == name]
+        extra = sorted({k for o in same for k, v in set(st) ^ set(o)}) if same else []
+        own = dict(st)
+        label_of[st] = name + (f" ({', '.join(f'{k}={own.get(k, chr(8212))}' for k in extra)})" if extra else "")
+    budgets = sorted({_budget(r) for r in trained}, key=lambda b: -b[1])
+    cells: dict[tuple[tuple, str], list[float]] = {}
+    shares: dict[str, list[float]] = {}
+    for r in trained:
+        b = _budget(r)[0]
+        cells.setdefault((_setting(r), b), []).append(float(r.result[metric]))
+        shares.setdefault(b, []).append(_share(r))
+    cols = [b for b, _ in budgets]
     lines = ["## Few labels", "",
-             f"{metric} (%) against the share of the training images whose labels are used (the rest are used "
-             "without labels by the semi-supervised methods, not at all by the supervised ones); mean ± std over "
-             "seeds (n in brackets)." + (f" Zero-shot floor (no training): {fmt_values(floor)} %." if floor else ""),
-             "", "| method | " + " | ".join(f"{s:g} % labeled" for s in shares) + " |",
-             "|---|" + "---|" * len(shares)]
-    for m in methods:
-        row = [f"{fmt_values(cells[(m, s)])} ({len(cells[(m, s)])})" if (m, s) in cells else "" for s in shares]
-        lines.append(f"| {m} | " + " | ".join(row) + " |")
-    png = _plot({m: [(s, mean_std(cells[(m, s)])) for s in shares if (m, s) in cells] for m in methods},
-                mean_std(floor)[0] if floor else None, Path(out_dir) / "fewlabels.png", metric)
+             f"{metric} (%) by label budget (the share of the training pool whose labels are used; measured share "
+             "in brackets) and method; the rest of the pool is used without labels by the semi-supervised methods, "
+             "not at all by the supervised ones. Mean ± std over seeds, (n) runs."
+             + (f" Zero-shot floor (no training): {fmt_values(floor)} %." if floor else ""), "",
+             "| method | " + " | ".join(f"{b} ({mean_std(shares[b])[0]:.3g} %)" for b in cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    for st in settings:
+        row = [f"{fmt_values(cells[(st, b)])} ({len(cells[(st, b)])})" if (st, b) in cells else "" for b in cols]
+        lines.append(f"| {label_of[st]} | " + " | ".join(row) + " |")
+    series = {label_of[st]: [(mean_std(shares[b])[0], mean_std(cells[(st, b)])) for b in cols if (st, b) in cells]
+              for st in settings}
+    png = _plot(series, mean_std(floor)[0] if floor else None, Path(out_dir) / "fewlabels.png", metric)
     lines += ["", f"![accuracy against the labeled share]({png.name})"]
     ssl = [r for r in run_list if any("pl_coverage" in m for m in r.metrics)]
     if ssl:
