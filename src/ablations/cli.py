@@ -178,6 +178,12 @@ def cmd_generate(args) -> int:
     return main(args) or 0
 
 
+def cmd_explain(args) -> int:
+    from .explain import main
+
+    return main(args) or 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ablations", description="Classic deep-learning studies, one command each.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -213,6 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError:
         g.add_argument("run_dir")
     g.set_defaults(func=cmd_generate)
+    x = sub.add_parser("explain", help="attribution maps (saliency, Grad-CAM, ...) of an image run, and their "
+                       "sanity check")
+    from .explain import add_explain_args
+
+    add_explain_args(x)
+    x.set_defaults(func=cmd_explain)
     return p
 
 

@@ -39,7 +39,7 @@ class FinetuneConfig(SupervisedConfig):
 class Finetune(Supervised):
     """Supervised training of a pretrained backbone with freezing, gradual unfreezing and cached features."""
     Config = FinetuneConfig
-    report_sections = ("results", "curves", "transfer")
+    report_sections = ("results", "curves", "transfer", "explanations")
     caches_views = False  # a subclass that caches augmented views itself (semisup.py): no plain train cache
 
     @classmethod

@@ -139,7 +139,7 @@ class LanguageModel(Method):
     Config = LanguageModelConfig
     input = "text"
     best = ("val_loss", "min")
-    report_sections = ("results", "curves", "samples")
+    report_sections = ("results", "curves", "samples", "explanations")
     uses_loss = False  # next-token cross-entropy in nats is the metric itself
     aug_roles = ()
     generator_device = "cpu"  # offsets are drawn on the CPU, then moved: same draws on every device

@@ -51,7 +51,7 @@ class SemiSupervised(Finetune):
     uses_all_train = True
     caches_views = True
     aug_roles = ("train", "strong")
-    report_sections = ("results", "curves", "transfer", "fewlabels")
+    report_sections = ("results", "curves", "transfer", "fewlabels", "explanations")
     needs_strong = False  # FixMatch: True (the `strong` pipeline must be set)
 
     @classmethod

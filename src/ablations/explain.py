@@ -1,0 +1,417 @@
+"""`ablations explain RUN_DIR`: what a trained image classifier looks at, and whether the maps mean anything.
+
+Attribution maps come from Captum (saliency, SmoothGrad, integrated gradients, Grad-CAM, guided backprop,
+guided Grad-CAM) for a few test images of a finished image run; each method's figure (image, map, overlay; true
+and predicted class) goes to RUN_DIR/explain/, with explain.json saying which images, which target class and
+which layer Grad-CAM read. `--sanity` runs the model-randomisation test of Adebayo et al. (NeurIPS 2018): the
+network's parametrised layers are re-initialised from the top down (cascading), the maps recomputed after each
+step, and the Spearman rank correlation of each map with the trained model's map recorded (a map that stays the
+same while the weights that made the prediction are destroyed explains the input, not the model).
+
+    run dir (config.json, final.safetensors) -> model + test images -> maps -> RUN_DIR/explain/ -> report section
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import difflib
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import rundir as rd
+from .config import ConfigError
+from .errors import RunError
+
+EXPLAIN_DIR = "explain"
+EXPLAIN_JSON = "explain.json"
+# the attribution methods, in the order figures and tables show them
+XMETHODS = ("saliency", "smoothgrad", "integrated-gradients", "gradcam", "guided-backprop", "guided-gradcam")
+NEEDS_LAYER = ("gradcam", "guided-gradcam")
+NEEDS_RELU = ("guided-backprop", "guided-gradcam")  # Captum overrides the backward of nn.ReLU modules only
+
+
+# ---------------------------------------------------------------- the run
+
+@dataclasses.dataclass
+class ImageRun:
+    model: nn.Module  # eval mode, weights of the run
+    prep: Callable[[torch.Tensor], torch.Tensor]  # uint8 (B, 3, H, W) -> normalised float input
+    test_x: torch.Tensor  # uint8 test images as the run evaluated them
+    test_y: torch.Tensor
+    classes: list
+    cfg: object
+    dir: Path
+
+
+def load_image_run(run_dir: Path) -> ImageRun:
+    """The trained model of an image run and its test split, preprocessed as in training (same data config,
+    same normalisation statistics; a core-set run reads its proxy's scores from the study layout)."""
+    from .config import from_dict
+    from .data.augment import center_crop, normalize
+    from .data.base import DataSpec
+    from .methods.supervised import build_data
+    from .registry import METHODS, MODELS
+
+    run = rd.Run.read(Path(run_dir))
+    cfg = from_dict(run.config, str(run.dir / rd.CONFIG))
+    cls = METHODS.get(cfg.method.name)
+    if getattr(cls, "input", None) != "images":
+        raise RunError(f"{run.dir}: method {cfg.method.name!r} is not an image classifier; explain reads image "
+                       "runs (language models: see the study's samples)")
+    if not cls.trains:
+        raise RunError(f"{run.dir}: a run that trains nothing (method {cfg.method.name}) has no weights of its own")
+    weights = run.dir / rd.FINAL
+    if weights.exists():
+        from safetensors.torch import load_file
+
+        state = load_file(str(weights))
+    elif (run.dir / rd.CHECKPOINT).exists():
+        state = rd.load_checkpoint(run.dir / rd.CHECKPOINT)["model"]
+    else:
+        raise RunError(f"{run.dir}: no weights yet ({rd.FINAL} or {rd.CHECKPOINT})")
+    refs = {key: run.dir.parent.parent / ref / run.dir.name for key, ref in cfg.refs().items()}
+    entry = MODELS.entry(cfg.model.name)
+    pre = entry.meta.get("preprocess")
+    data = build_data(cfg, pre, refs)
+    size = cfg.data.image_size or (pre["size"] if pre else data.train_x.shape[-1])
+    mcfg = cfg.model
+    if any(f.name == "pretrained" for f in dataclasses.fields(mcfg)):  # the run's own weights replace them
+        mcfg = dataclasses.replace(mcfg, pretrained=False)
+    model = entry.obj(mcfg, DataSpec(classes=list(data.classes), image_size=size))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError:  # an architecture that depends on the weights it was built with (folded BN): as trained
+        model = entry.obj(cfg.model, DataSpec(classes=list(data.classes), image_size=size))
+        model.load_state_dict(state)
+    norm = cfg.data.normalize
+    mean, std = ((0.0,) * 3, (1.0,) * 3) if norm == "unit" else \
+        (tuple(pre["mean"]), tuple(pre["std"])) if norm == "model" else (data.mean, data.std)
+    for m in model.modules():  # Captum's hooks cannot modify an in-place activation's output
+        if getattr(m, "inplace", False):
+            m.inplace = False
+    return ImageRun(model=model.eval(), prep=lambda x: normalize(center_crop(x, size), mean, std),
+                    test_x=data.test_x, test_y=data.test_y, classes=list(data.classes), cfg=cfg, dir=run.dir)
+
+
+def spatial_modules(model: nn.Module, x: torch.Tensor) -> list[tuple[str, tuple]]:
+    """(name, output shape) of the leaf modules whose output is a feature map (B, C, h, w) with h, w > 1, in
+    the order the forward pass runs them; a module called more than once per forward (one activation shared by
+    every block) is left out: a layer attribution cannot tell its calls apart."""
+    seen: list[tuple[str, tuple]] = []
+    hooks = []
+    for name, m in model.named_modules():
+        if name and not list(m.children()):
+            hooks.append(m.register_forward_hook(
+                lambda mod, inp, out, name=name: seen.append((name, tuple(out.shape)))
+                if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[-1] > 1 and out.shape[-2] > 1
+                else None))
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    calls: dict[str, int] = {}
+    for name, _ in seen:
+        calls[name] = calls.get(name, 0) + 1
+    return [(n, shape) for n, shape in seen if calls[n] == 1]
+
+
+def pick_layer(model: nn.Module, x: torch.Tensor, name: Optional[str] = None) -> tuple[str, nn.Module]:
+    """Grad-CAM's layer: `name`, else the last module of the convolutional trunk (the last leaf whose output is
+    still a feature map with more than one position)."""
+    modules = dict(model.named_modules())
+    if name:
+        if name not in modules:
+            close = difflib.get_close_matches(name, [n for n in modules if n], n=3)
+            raise ConfigError(f"--layer {name!r}: no such module in {type(model).__name__}"
+                              + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        return name, modules[name]
+    maps = spatial_modules(model, x)
+    if not maps:
+        raise RunError(f"{type(model).__name__}: no layer outputs a feature map; Grad-CAM needs one (--layer)")
+    return maps[-1][0], modules[maps[-1][0]]
+
+
+def has_relu_modules(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.ReLU) for m in model.modules())
+
+
+# ---------------------------------------------------------------- maps
+
+def attribute(method: str, model: nn.Module, x: torch.Tensor, target: torch.Tensor, layer: Optional[nn.Module],
+              seed: int = 0) -> torch.Tensor:
+    """(B, H, W) non-negative map of `method` for inputs x (B, 3, H, W) and class indices target (B,)."""
+    from captum import attr
+
+    x = x.detach().clone().requires_grad_(True)
+    t = target.tolist()
+    if method == "saliency":
+        a = attr.Saliency(model).attribute(x, target=t, abs=True)
+    elif method == "smoothgrad":
+        torch.manual_seed(seed)  # the noise samples: the same maps on every call
+        spread = float(x.detach().max() - x.detach().min())
+        a = attr.NoiseTunnel(attr.Saliency(model)).attribute(x, nt_type="smoothgrad", nt_samples=16,
+                                                             stdevs=0.15 * spread, target=t, abs=True)
+    elif method == "integrated-gradients":  # baseline 0 = the training mean colour after normalisation
+        a = attr.IntegratedGradients(model).attribute(x, baselines=torch.zeros_like(x), target=t, n_steps=32,
+                                                      internal_batch_size=64).abs()
+    elif method == "gradcam":
+        g = attr.LayerGradCam(model, layer).attribute(x, target=t, relu_attributions=True)  # (B, 1, h, w)
+        return F.interpolate(g.detach(), size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0].clamp(min=0)
+    elif method == "guided-backprop":
+        a = attr.GuidedBackprop(model).attribute(x, target=t).abs()
+    elif method == "guided-gradcam":
+        a = attr.GuidedGradCam(model, layer).attribute(x, target=t, interpolate_mode="bilinear").abs()
+    else:
+        raise ConfigError(f"--method {method!r}: choices {', '.join(XMETHODS)}")
+    return a.detach().amax(dim=1)  # the strongest channel per pixel
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation of two maps (any shape, flattened); ties ranked in order of appearance."""
+    def ranks(v: torch.Tensor) -> torch.Tensor:
+        v = v.flatten().double()
+        r = torch.empty_like(v)
+        r[v.argsort()] = torch.arange(len(v), dtype=torch.float64)
+        return r
+    ra, rb = ranks(a), ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    den = float(ra.norm() * rb.norm())
+    return float((ra * rb).sum()) / den if den > 0 else 0.0
+
+
+def randomisation_order(model: nn.Module, x: torch.Tensor) -> list[str]:
+    """The leaf modules with parameters, from the output back to the input (the cascade's order): the order of
+    the forward pass, reversed."""
+    order: list[str] = []
+    hooks = [m.register_forward_hook(lambda mod, inp, out, name=name: order.append(name))
+             for name, m in model.named_modules()
+             if name and not list(m.children()) and any(True for _ in m.parameters(recurse=False))]
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    return list(reversed(list(dict.fromkeys(order))))
+
+
+def reinitialise(model: nn.Module, names: list[str], seed: int) -> None:
+    """Fresh random weights for the named modules (their own reset_parameters; else normal(0, 0.02))."""
+    g = torch.Generator().manual_seed(seed)
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for n in names:
+            m = modules[n]
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):  # reset_parameters sets weight 1, bias 0:
+                    m.weight.normal_(1.0, 0.1)  # randomised, as the paper does every layer
+                    m.bias.normal_(0.0, 0.1)
+            else:
+                for p in m.parameters(recurse=False):
+                    p.normal_(0.0, 0.02)
+
+
+def sanity(model: nn.Module, x: torch.Tensor, target: torch.Tensor, methods: list[str], layer_name: Optional[str],
+           steps: int, seed: int) -> dict:
+    """Cascading randomisation: after re-initialising the top k parametrised layers (k at `steps` points from 1
+    to all), the mean Spearman correlation over the images between each method's map and the trained model's."""
+    order = randomisation_order(model, x)
+    if not order:
+        raise RunError("the model has no parametrised layers to randomise")
+    cuts = sorted({max(1, round(len(order) * (i + 1) / steps)) for i in range(steps)})
+    ref = {m: attribute(m, model, x, target, _layer(model, layer_name), seed) for m in methods}
+    curves: dict[str, list[float]] = {m: [] for m in methods}
+    for k in cuts:
+        rnd = copy.deepcopy(model)
+        reinitialise(rnd, order[:k], seed)
+        for m in methods:
+            maps = attribute(m, rnd, x, target, _layer(rnd, layer_name), seed)
+            curves[m].append(sum(spearman(maps[i], ref[m][i]) for i in range(len(x))) / len(x))
+    return {"order": order, "cuts": cuts, "last_randomised": [order[k - 1] for k in cuts], "spearman": curves}
+
+
+def _layer(model: nn.Module, name: Optional[str]) -> Optional[nn.Module]:
+    return dict(model.named_modules())[name] if name else None
+
+
+# ---------------------------------------------------------------- figures
+
+def _image(x: torch.Tensor):
+    """uint8 (3, H, W) -> (H, W, 3) array for imshow."""
+    return x.permute(1, 2, 0).cpu().numpy()
+
+
+def plot_maps(images: torch.Tensor, maps: torch.Tensor, titles: list[str], method: str, path: Path) -> Path:
+    """One row per image: the image, the map, the map over the image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    fig, axes = plt.subplots(n, 3, figsize=(6.6, 2.2 * n), squeeze=False)
+    side = maps.shape[-1]
+    for i in range(n):
+        img = images[i]
+        if img.shape[-1] != side:  # stored at another size than the model's input: show it at the input size
+            img = F.interpolate(img[None].float(), size=maps.shape[-2:], mode="bilinear",
+                                align_corners=False)[0].clamp(0, 255).to(torch.uint8)
+        m = maps[i]
+        m = (m - m.min()) / (m.max() - m.min() + 1e-12)
+        axes[i][0].imshow(_image(img))
+        axes[i][0].set_title(titles[i], fontsize=7)
+        axes[i][1].imshow(m.cpu().numpy(), cmap="inferno")
+        axes[i][1].set_title(method, fontsize=7)
+        axes[i][2].imshow(_image(img))
+        axes[i][2].imshow(m.cpu().numpy(), cmap="inferno", alpha=0.55)
+        for ax in axes[i]:
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_sanity(result: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    labels = result["last_randomised"]
+    for m, ys in result["spearman"].items():
+        ax.plot(range(len(ys)), ys, marker="o", label=m)
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=6)
+    ax.set_xlabel("randomised from the top down to (and including)")
+    ax.set_ylabel("Spearman rank correlation with the trained model's map")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------- command line
+
+def add_explain_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="a finished (or checkpointed) image-classification run directory")
+    p.add_argument("--method", action="append", choices=XMETHODS,
+                   help="attribution method (repeatable; default: every one the model supports)")
+    p.add_argument("--images", type=int, default=6, help="test images explained, drawn at random (seeded; default 6)")
+    p.add_argument("--index", help="explain these test-split indices instead, e.g. 3,17,42")
+    p.add_argument("--target", choices=("pred", "true"), default="pred",
+                   help="the class each map explains: the model's prediction (default) or the true class")
+    p.add_argument("--layer", help="Grad-CAM's layer (a module name; default: the last feature-map layer)")
+    p.add_argument("--sanity", action="store_true", help="also run the cascading model-randomisation test")
+    p.add_argument("--sanity-steps", type=int, default=8, help="randomisation steps from the top layer to all "
+                   "(default 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the image draw, SmoothGrad noise and re-init")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: the machine's cores)")
+
+
+def _pick_images(n_test: int, args) -> list[int]:
+    if args.index:
+        try:
+            idx = [int(v) for v in args.index.split(",") if v.strip()]
+        except ValueError:
+            raise ConfigError(f"--index {args.index!r}: a comma-separated list of integers, e.g. 3,17,42") from None
+        bad = [i for i in idx if not 0 <= i < n_test]
+        if bad or not idx:
+            raise ConfigError(f"--index: {bad[0] if bad else '(empty)'} is not a test-split index (0..{n_test - 1})")
+        return idx
+    if args.images < 1:
+        raise ConfigError(f"--images must be >= 1, got {args.images}")
+    g = torch.Generator().manual_seed(args.seed)
+    return torch.randperm(n_test, generator=g)[:args.images].sort().values.tolist()
+
+
+def explain(args) -> Path:
+    """Maps (and the sanity curves) of a run into RUN_DIR/explain/; returns explain.json's path."""
+    if args.sanity_steps < 1:
+        raise ConfigError(f"--sanity-steps must be >= 1, got {args.sanity_steps}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        import captum  # noqa: F401
+    except ImportError:
+        raise RunError("explain needs Captum: pip install captum (or the project's `explain` extra)") from None
+    r = load_image_run(Path(args.run_dir))
+    idx = _pick_images(len(r.test_x), args)
+    xs = r.test_x[idx]
+    x = r.prep(xs).float()
+    with torch.no_grad():
+        pred = r.model(x).argmax(1)
+    true = r.test_y[idx]
+    target = pred if args.target == "pred" else true
+    layer_name, layer = pick_layer(r.model, x, args.layer)
+    relu = has_relu_modules(r.model)
+    wanted = list(args.method or XMETHODS)
+    skipped = {m: "the model has no nn.ReLU modules (Captum's guided backprop overrides those only)"
+               for m in wanted if m in NEEDS_RELU and not relu}
+    methods = [m for m in wanted if m not in skipped]
+    if not methods:
+        raise ConfigError(f"--method {', '.join(wanted)}: {next(iter(skipped.values()))}")
+    out = r.dir / EXPLAIN_DIR
+    out.mkdir(exist_ok=True)
+    names = [str(c) for c in r.classes]
+    titles = [f"#{i} true {names[int(t)]}, pred {names[int(p)]}" for i, t, p in zip(idx, true, pred)]
+    figures = {}
+    for m in list(methods):
+        try:
+            maps = attribute(m, r.model, x, target, layer if m in NEEDS_LAYER else None, args.seed)
+        except (RuntimeError, AssertionError) as e:  # Captum refusing this model (e.g. a module used twice)
+            skipped[m] = f"Captum: {str(e).splitlines()[0][:160]}"
+            methods.remove(m)
+            continue
+        figures[m] = plot_maps(xs, maps, titles, m, out / f"{m}.png").name
+    if not methods:
+        raise RunError(f"{r.dir}: no attribution method worked: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    record = {"images": idx, "true": [int(t) for t in true], "pred": [int(p) for p in pred],
+              "classes": names, "target": args.target, "layer": layer_name, "methods": methods, "skipped": skipped,
+              "figures": figures, "seed": args.seed}
+    if args.sanity:
+        res = sanity(r.model, x, target, methods, layer_name, args.sanity_steps, args.seed)
+        res["figure"] = plot_sanity(res, out / "sanity.png").name
+        record["sanity"] = res
+    path = out / EXPLAIN_JSON
+    rd.write_json(path, record)
+    return path
+
+
+def main(args: argparse.Namespace) -> int:
+    run = rd.Run.read(Path(args.run_dir))
+    if (run.config.get("method") or {}).get("name") == "language_model":  # the LSTM cell page
+        from .explain_text import explain_language_run
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        path = explain_language_run(run.dir)
+        rec = rd.read_json(path)
+        features = ", ".join(c["feature"] for c in rec["cells"])
+        print(f"LSTM cells of {run.dir} ({features}) -> {path.parent / rec['page']}")
+    else:
+        path = explain(args)
+        rec = rd.read_json(path)
+        print(f"explained {len(rec['images'])} test images of {Path(args.run_dir)} with {', '.join(rec['methods'])} "
+              f"(Grad-CAM layer {rec['layer']}): {path.parent}")
+        for m, why in rec["skipped"].items():
+            print(f"skipped {m}: {why}")
+    study = next((d for d in Path(args.run_dir).resolve().parents[:3] if (d / rd.STUDY).is_file()), None)
+    if study is not None:
+        from .report.render import write_report
+
+        print(f"report: {write_report(study)}")
+    return 0

@@ -1,0 +1,196 @@
+"""`ablations explain`: attribution maps of a trained image run (Captum), the cascading-randomisation sanity
+check, the report section, and one clear line for bad input. Tiny models on synthetic images."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ablations import loop
+from ablations import rundir as rd
+from ablations.cli import main
+from ablations.config import make
+
+pytest.importorskip("captum")
+
+from ablations.explain import (XMETHODS, attribute, load_image_run, pick_layer, randomisation_order,  # noqa: E402
+                               reinitialise, spearman)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 2-block VGG trained 4 epochs on synthetic images, in a study layout (study.json above it)."""
+    root = tmp_path_factory.mktemp("explain") / "tiny" / "smoke"
+    d = root / "vgg" / "seed0"
+    c = make({"data": {"name": "synthetic", "n_train": 400, "n_test": 40, "n_classes": 4, "val_fraction": 0.1},
+              "model": {"name": "vgg2", "width": 8, "dense": 16},
+              "optim": {"name": "adam", "lr": 0.003}, "train": {"epochs": 4, "batch_size": 32, "threads": 1}},
+             study="tiny", variant="vgg", preset="smoke")
+    loop.run(c, d)
+    rd.write_study_record(root, {"variants": ["vgg"]})
+    return d
+
+
+def test_maps_have_the_input_shape_and_depend_on_the_class(trained):
+    r = load_image_run(trained)
+    x = r.prep(r.test_x[:4]).float()
+    name, layer = pick_layer(r.model, x)
+    assert name.startswith("features.")  # the convolutional trunk's last feature map
+    for m in XMETHODS:
+        maps = attribute(m, r.model, x, torch.zeros(4, dtype=torch.long), layer, seed=0)
+        assert maps.shape == (4, x.shape[-2], x.shape[-1]) and torch.isfinite(maps).all() and (maps >= 0).all(), m
+        other = attribute(m, r.model, x, torch.ones(4, dtype=torch.long), layer, seed=0)
+        assert not torch.allclose(maps, other), f"{m}: the same map for two classes"
+    # SmoothGrad is seeded: the same call, the same map
+    a = attribute("smoothgrad", r.model, x, torch.zeros(4, dtype=torch.long), None, seed=3)
+    assert torch.equal(a, attribute("smoothgrad", r.model, x, torch.zeros(4, dtype=torch.long), None, seed=3))
+
+
+def test_spearman_and_randomisation():
+    v = torch.arange(10.0)
+    assert spearman(v, v * 3 + 1) == pytest.approx(1.0) and spearman(v, -v) == pytest.approx(-1.0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    x = torch.randn(2, 3, 8, 8)
+    model(x)
+    order = randomisation_order(model, x)
+    assert order == ["4", "1", "0"]  # output first
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    reinitialise(model, order[:2], seed=0)
+    after = model.state_dict()
+    assert not torch.equal(before["4.weight"], after["4.weight"]) and not torch.equal(before["1.weight"], after["1.weight"])
+    assert torch.equal(before["0.weight"], after["0.weight"])  # below the cut: untouched
+
+
+def test_explain_command_writes_figures_json_and_report(trained, capsys):
+    assert main(["explain", str(trained), "--images", "3", "--sanity", "--sanity-steps", "3",
+                 "--method", "saliency", "--method", "gradcam", "--method", "guided-backprop"]) == 0
+    out = capsys.readouterr().out
+    assert "explained 3 test images" in out and "report:" in out
+    rec = json.loads((trained / "explain" / "explain.json").read_text())
+    assert len(rec["images"]) == 3 and rec["methods"] == ["saliency", "gradcam", "guided-backprop"]
+    for m in rec["methods"]:
+        assert (trained / "explain" / rec["figures"][m]).stat().st_size > 1000
+    curves = rec["sanity"]["spearman"]
+    assert set(curves) == set(rec["methods"]) and all(len(v) == len(rec["sanity"]["cuts"]) for v in curves.values())
+    assert all(-1 <= c <= 1 for v in curves.values() for c in v)
+    # randomising every layer decorrelates the gradient map from the trained one (Adebayo et al.)
+    assert curves["saliency"][-1] < 0.9
+    md = (trained.parent.parent / "report.md").read_text()
+    assert "## Explanations" in md and "explain-vgg-s0-gradcam.png" in md and "| saliency |" in md
+    assert (trained.parent.parent / "explain-vgg-s0-sanity.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--layer", "featurs.3"], "--layer 'featurs.3': no such module in VGG (did you mean"),
+    (["--index", "5,999"], "--index: 999 is not a test-split index (0..39)"),
+    (["--index", "a,b"], "--index 'a,b': a comma-separated list of integers"),
+    (["--images", "0"], "--images must be >= 1"),
+])
+def test_bad_input_is_one_line(trained, capsys, argv, words):
+    assert main(["explain", str(trained), "--method", "saliency", *argv]) == 2
+    err = capsys.readouterr().err
+    assert words in err and err.count("\n") == 1
+
+
+def test_a_run_without_weights_of_its_own_is_one_line(tmp_path, capsys):
+    d = tmp_path / "zs"
+    d.mkdir()
+    (d / rd.CONFIG).write_text(json.dumps(make({"data": {"name": "synthetic"}, "model": {"name": "mobilenet_v2"},
+                                                "method": {"name": "zeroshot"}, "train.epochs": 0}).to_dict()))
+    assert main(["explain", str(d)]) == 2
+    err = capsys.readouterr().err
+    assert "has no weights of its own" in err and err.count("\n") == 1
+
+
+# ---------------------------------------------------------------- LSTM cells
+
+@pytest.fixture(scope="module")
+def lstm_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lm")
+    corpus = root / "corpus.txt"
+    lines = []
+    g = torch.Generator().manual_seed(0)
+    for k in range(120):  # speaker turns, brackets and quotes: every property the page looks for
+        name = ["ROMEO", "JULIET", "NURSE"][k % 3]
+        words = " ".join(["the", "king", "(aside)", "and", '"hark"', "queen", "night"][int(i)]
+                         for i in torch.randint(0, 7, (8,), generator=g))
+        lines.append(f"{name}:\n{words}\n\n")
+    corpus.write_text("".join(lines))
+    d = root / "lm" / "smoke" / "lstm" / "seed0"
+    c = make({"data": {"name": "text", "path": str(corpus), "seq_len": 32},
+              "model": {"name": "lstm", "hidden": 16, "embed": 8, "layers": 2, "layer_norm": True},
+              "method": {"name": "language_model", "sampling": {"length": 10, "temperature": [1.0], "top_p": [1.0],
+                                                                "beam": [1]}},
+              "optim": {"name": "adam", "lr": 0.01}, "train": {"epochs": 2, "steps_per_epoch": 20, "batch_size": 8,
+                                                              "threads": 1}},
+             study="lm", variant="lstm", preset="smoke")
+    loop.run(c, d)
+    rd.write_study_record(d.parent.parent, {"variants": ["lstm"]})
+    return d
+
+
+def test_lstm_traces_equal_torchs_lstm(lstm_run):
+    from ablations.explain_text import lstm_traces
+    from ablations.generate import load_run
+
+    model, vocab, _ = load_run(lstm_run)
+    ids = vocab.encode("ROMEO:\nthe king (aside) and queen\n")
+    traces = lstm_traces(model, ids)
+    h = model.embed(ids[None])
+    with torch.no_grad():
+        for li, rnn in enumerate(model.rnns):
+            h, (hn, cn) = rnn(h)
+            assert torch.allclose(traces[li]["h"], h[0], atol=1e-5)
+            assert torch.allclose(traces[li]["c"][-1], cn[0, 0], atol=1e-5)
+            assert ((traces[li]["f"] > 0) & (traces[li]["f"] < 1)).all()
+            h = model.norms[li](h)
+
+
+def test_text_features():
+    from ablations.explain_text import text_features
+
+    f = text_features('AB:\nx (y) "z"\n')
+    assert f["speaker's name line"].tolist()[:4] == [1, 1, 1, 0]
+    assert f["position in the line"].tolist()[4:7] == [0, 1, 2]
+    assert f["inside quotes or brackets"].tolist()[6:9] == [1, 1, 1] and f["inside quotes or brackets"][5] == 0
+    assert f["vowel"].sum() == 0
+
+
+def test_explain_an_lstm_run_writes_the_cell_page(lstm_run, capsys):
+    import html.parser
+
+    assert main(["explain", str(lstm_run)]) == 0
+    assert "LSTM cells of" in capsys.readouterr().out
+    rec = json.loads((lstm_run / "explain" / "explain.json").read_text())
+    assert {c["feature"] for c in rec["cells"]} == {"inside quotes or brackets", "position in the line",
+                                                   "speaker's name line", "vowel"}
+    page = (lstm_run / "explain" / "lstm_cells.html").read_text()
+
+    class Collect(html.parser.HTMLParser):  # the page parses, holds the text it claims, one span per char
+        def __init__(self):
+            super().__init__()
+            self.spans, self.text = 0, []
+
+        def handle_starttag(self, tag, attrs):
+            self.spans += tag == "span"
+
+        def handle_data(self, data):
+            self.text.append(data)
+
+    p = Collect()
+    p.feed(page)
+    assert p.spans == len(rec["cells"]) * rec["chars"]
+    assert "ROMEO:" in "".join(p.text).replace("\u21b5", "") or "JULIET:" in "".join(p.text)
+    assert "data:image/png;base64," in page
+    md = (lstm_run.parent.parent / "report.md").read_text()
+    assert "LSTM cells" in md and "explain-lstm-s0-cells.html" in md
