@@ -58,6 +58,14 @@ def test_maps_have_the_input_shape_and_depend_on_the_class(trained):
 def test_spearman_and_randomisation():
     v = torch.arange(10.0)
     assert spearman(v, v * 3 + 1) == pytest.approx(1.0) and spearman(v, -v) == pytest.approx(-1.0)
+    # ties at their average rank: zero regions (Grad-CAM) invent no correlation, a constant map has none
+    zeros = torch.zeros(10)
+    assert spearman(zeros, zeros) == 0.0 and spearman(zeros, v) == 0.0
+    a, b = torch.tensor([0, 0, 0, 0, 1.0]), torch.tensor([0, 0, 0, 0, 2.0])
+    assert spearman(a, b) == pytest.approx(1.0)
+    c = torch.tensor([0, 0, 0, 0, 1.0, 0, 0, 0, 0, 0])
+    d = torch.tensor([0, 0, 0, 0, 0, 0, 0, 0, 0, 1.0])
+    assert spearman(c, d) == pytest.approx(-1 / 9)  # two different hot spots: no positive correlation
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
                                 torch.nn.Flatten(), torch.nn.LazyLinear(2))
     x = torch.randn(2, 3, 8, 8)
@@ -86,8 +94,9 @@ def test_explain_command_writes_figures_json_and_report(trained, capsys):
     # randomising every layer decorrelates the gradient map from the trained one (Adebayo et al.)
     assert curves["saliency"][-1] < 0.9
     md = (trained.parent.parent / "report.md").read_text()
-    assert "## Explanations" in md and "explain-vgg-s0-gradcam.png" in md and "| saliency |" in md
-    assert (trained.parent.parent / "explain-vgg-s0-sanity.png").stat().st_size > 1000
+    assert "## Explanations" in md and "explain-smoke-vgg-s0-gradcam.png" in md and "| saliency |" in md
+    assert (trained.parent.parent / "explain-smoke-vgg-s0-sanity.png").stat().st_size > 1000
+    assert rec["sanity"]["cuts"][0] == 1 and rec["sanity"]["cuts"][-1] == len(rec["sanity"]["order"])
 
 
 @pytest.mark.parametrize("argv,words", [
@@ -95,6 +104,8 @@ def test_explain_command_writes_figures_json_and_report(trained, capsys):
     (["--index", "5,999"], "--index: 999 is not a test-split index (0..39)"),
     (["--index", "a,b"], "--index 'a,b': a comma-separated list of integers"),
     (["--images", "0"], "--images must be >= 1"),
+    (["--layer", "head.1", "--method", "gradcam"], "--layer 'head.1': not a feature map read once per forward"),
+    (["--sanity", "--sanity-steps", "1"], "--sanity-steps must be >= 2"),
 ])
 def test_bad_input_is_one_line(trained, capsys, argv, words):
     assert main(["explain", str(trained), "--method", "saliency", *argv]) == 2
@@ -159,7 +170,7 @@ def test_lstm_traces_equal_torchs_lstm(lstm_run):
 def test_text_features():
     from ablations.explain_text import text_features
 
-    f = text_features('AB:\nx (y) "z"\n')
+    f = text_features('BC:\nx (y) "z"\n')
     assert f["speaker's name line"].tolist()[:4] == [1, 1, 1, 0]
     assert f["position in the line"].tolist()[4:7] == [0, 1, 2]
     assert f["inside quotes or brackets"].tolist()[6:9] == [1, 1, 1] and f["inside quotes or brackets"][5] == 0
@@ -193,4 +204,10 @@ def test_explain_an_lstm_run_writes_the_cell_page(lstm_run, capsys):
     assert "ROMEO:" in "".join(p.text).replace("\u21b5", "") or "JULIET:" in "".join(p.text)
     assert "data:image/png;base64," in page
     md = (lstm_run.parent.parent / "report.md").read_text()
-    assert "LSTM cells" in md and "explain-lstm-s0-cells.html" in md
+    assert "LSTM cells" in md and "explain-smoke-lstm-s0-cells.html" in md
+    # a copied report carries the page along
+    from ablations.report.render import write_report
+
+    dest = write_report(lstm_run.parent.parent, copy_to=lstm_run.parent.parent / "docs" / "lm.md")
+    assert "(lm-explain-smoke-lstm-s0-cells.html)" in dest.read_text()
+    assert (dest.parent / "lm-explain-smoke-lstm-s0-cells.html").read_text() == page

@@ -46,6 +46,7 @@ class ImageRun:
     classes: list
     cfg: object
     dir: Path
+    size: int  # the model's input side, px (stored images are center-cropped / upsampled to it)
 
 
 def load_image_run(run_dir: Path) -> ImageRun:
@@ -95,21 +96,19 @@ def load_image_run(run_dir: Path) -> ImageRun:
         if getattr(m, "inplace", False):
             m.inplace = False
     return ImageRun(model=model.eval(), prep=lambda x: normalize(center_crop(x, size), mean, std),
-                    test_x=data.test_x, test_y=data.test_y, classes=list(data.classes), cfg=cfg, dir=run.dir)
+                    test_x=data.test_x, test_y=data.test_y, classes=list(data.classes), cfg=cfg, dir=run.dir,
+                    size=size)
 
 
 def spatial_modules(model: nn.Module, x: torch.Tensor) -> list[tuple[str, tuple]]:
-    """(name, output shape) of the leaf modules whose output is a feature map (B, C, h, w) with h, w > 1, in
-    the order the forward pass runs them; a module called more than once per forward (one activation shared by
-    every block) is left out: a layer attribution cannot tell its calls apart."""
-    seen: list[tuple[str, tuple]] = []
-    hooks = []
-    for name, m in model.named_modules():
-        if name and not list(m.children()):
-            hooks.append(m.register_forward_hook(
-                lambda mod, inp, out, name=name: seen.append((name, tuple(out.shape)))
-                if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[-1] > 1 and out.shape[-2] > 1
-                else None))
+    """(name, output shape) of the modules whose output is a feature map (B, C, h, w) with h, w > 1, in the order
+    the forward pass produces them. Each output tensor is named once: by the first module that produced it and
+    runs once per forward (a container returning its last child's tensor is that child; a shared activation
+    called by every block is skipped for the block that calls it, whose output the attribution can then read)."""
+    seen: list[tuple[str, torch.Tensor]] = []  # the tensors are kept alive: their ids stay unique
+    hooks = [m.register_forward_hook(lambda mod, inp, out, name=name: seen.append((name, out))
+                                     if isinstance(out, torch.Tensor) else None)
+             for name, m in model.named_modules() if name]
     try:
         with torch.no_grad():
             model(x[:1])
@@ -119,20 +118,27 @@ def spatial_modules(model: nn.Module, x: torch.Tensor) -> list[tuple[str, tuple]
     calls: dict[str, int] = {}
     for name, _ in seen:
         calls[name] = calls.get(name, 0) + 1
-    return [(n, shape) for n, shape in seen if calls[n] == 1]
+    named: dict[int, tuple[str, tuple]] = {}
+    for name, out in seen:
+        if calls[name] == 1 and id(out) not in named:
+            named[id(out)] = (name, tuple(out.shape))
+    return [(n, shape) for n, shape in named.values() if len(shape) == 4 and shape[-1] > 1 and shape[-2] > 1]
 
 
 def pick_layer(model: nn.Module, x: torch.Tensor, name: Optional[str] = None) -> tuple[str, nn.Module]:
-    """Grad-CAM's layer: `name`, else the last module of the convolutional trunk (the last leaf whose output is
-    still a feature map with more than one position)."""
+    """Grad-CAM's layer: `name` (a module called once per forward, with a feature-map output), else the last such
+    module of the convolutional trunk."""
     modules = dict(model.named_modules())
+    maps = spatial_modules(model, x)
     if name:
-        if name not in modules:
+        if name not in modules or not name:
             close = difflib.get_close_matches(name, [n for n in modules if n], n=3)
             raise ConfigError(f"--layer {name!r}: no such module in {type(model).__name__}"
                               + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        if name not in {n for n, _ in maps}:
+            raise ConfigError(f"--layer {name!r}: not a feature map read once per forward (Grad-CAM needs one); "
+                              f"candidates: {', '.join(n for n, _ in maps[-5:]) or '(none)'}")
         return name, modules[name]
-    maps = spatial_modules(model, x)
     if not maps:
         raise RunError(f"{type(model).__name__}: no layer outputs a feature map; Grad-CAM needs one (--layer)")
     return maps[-1][0], modules[maps[-1][0]]
@@ -153,12 +159,13 @@ def attribute(method: str, model: nn.Module, x: torch.Tensor, target: torch.Tens
     t = target.tolist()
     if method == "saliency":
         a = attr.Saliency(model).attribute(x, target=t, abs=True)
-    elif method == "smoothgrad":
-        torch.manual_seed(seed)  # the noise samples: the same maps on every call
+    elif method == "smoothgrad":  # noise 15 % of the batch's input range (the paper: of each image's)
         spread = float(x.detach().max() - x.detach().min())
-        a = attr.NoiseTunnel(attr.Saliency(model)).attribute(x, nt_type="smoothgrad", nt_samples=16,
-                                                             stdevs=0.15 * spread, target=t, abs=True)
-    elif method == "integrated-gradients":  # baseline 0 = the training mean colour after normalisation
+        with torch.random.fork_rng():  # the noise samples: the same maps on every call, the caller's RNG untouched
+            torch.manual_seed(seed)
+            a = attr.NoiseTunnel(attr.Saliency(model)).attribute(x, nt_type="smoothgrad", nt_samples=16,
+                                                                 stdevs=0.15 * spread, target=t, abs=True)
+    elif method == "integrated-gradients":  # baseline: input 0 (the normalisation's mean colour; black for unit)
         a = attr.IntegratedGradients(model).attribute(x, baselines=torch.zeros_like(x), target=t, n_steps=32,
                                                       internal_batch_size=64).abs()
     elif method == "gradcam":
@@ -170,15 +177,22 @@ def attribute(method: str, model: nn.Module, x: torch.Tensor, target: torch.Tens
         a = attr.GuidedGradCam(model, layer).attribute(x, target=t, interpolate_mode="bilinear").abs()
     else:
         raise ConfigError(f"--method {method!r}: choices {', '.join(XMETHODS)}")
+    if a.ndim != 4:  # Captum's own fallback (GuidedGradCam on a layer it cannot read returns an empty tensor)
+        raise AssertionError(f"{method}: Captum returned no attribution (shape {tuple(a.shape)})")
     return a.detach().amax(dim=1)  # the strongest channel per pixel
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman rank correlation of two maps (any shape, flattened); ties ranked in order of appearance."""
+    """Spearman rank correlation of two maps (any shape, flattened), ties given their average rank (Grad-CAM maps
+    are zero over whole regions: ranking those zeros by position would invent a correlation); 0 when either map is
+    constant."""
     def ranks(v: torch.Tensor) -> torch.Tensor:
         v = v.flatten().double()
+        sv, order = v.sort(stable=True)
+        _, inv, cnt = torch.unique_consecutive(sv, return_inverse=True, return_counts=True)
+        avg = cnt.cumsum(0).double() - (cnt.double() - 1) / 2 - 1  # 0-based average rank of each tie group
         r = torch.empty_like(v)
-        r[v.argsort()] = torch.arange(len(v), dtype=torch.float64)
+        r[order] = avg[inv]
         return r
     ra, rb = ranks(a), ranks(b)
     ra, rb = ra - ra.mean(), rb - rb.mean()
@@ -204,12 +218,11 @@ def randomisation_order(model: nn.Module, x: torch.Tensor) -> list[str]:
 
 def reinitialise(model: nn.Module, names: list[str], seed: int) -> None:
     """Fresh random weights for the named modules (their own reset_parameters; else normal(0, 0.02))."""
-    g = torch.Generator().manual_seed(seed)
     modules = dict(model.named_modules())
-    with torch.no_grad():
-        for n in names:
+    with torch.no_grad(), torch.random.fork_rng():  # the caller's RNG untouched
+        for k, n in enumerate(names):
             m = modules[n]
-            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
+            torch.manual_seed(seed * 1_000_003 + k)  # layer k of the cascade: the same draw at every cut
             if hasattr(m, "reset_parameters"):
                 m.reset_parameters()
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):  # reset_parameters sets weight 1, bias 0:
@@ -227,14 +240,16 @@ def sanity(model: nn.Module, x: torch.Tensor, target: torch.Tensor, methods: lis
     order = randomisation_order(model, x)
     if not order:
         raise RunError("the model has no parametrised layers to randomise")
-    cuts = sorted({max(1, round(len(order) * (i + 1) / steps)) for i in range(steps)})
-    ref = {m: attribute(m, model, x, target, _layer(model, layer_name), seed) for m in methods}
+    # the logits layer alone first, then evenly down to every layer (the paper's cascade, coarser for deep nets)
+    cuts = sorted({1, len(order), *(max(1, round(len(order) * (i + 1) / steps)) for i in range(steps - 1))})
+    ref = {m: attribute(m, model, x, target, _layer(model, layer_name) if m in NEEDS_LAYER else None, seed)
+           for m in methods}
     curves: dict[str, list[float]] = {m: [] for m in methods}
     for k in cuts:
         rnd = copy.deepcopy(model)
         reinitialise(rnd, order[:k], seed)
         for m in methods:
-            maps = attribute(m, rnd, x, target, _layer(rnd, layer_name), seed)
+            maps = attribute(m, rnd, x, target, _layer(rnd, layer_name) if m in NEEDS_LAYER else None, seed)
             curves[m].append(sum(spearman(maps[i], ref[m][i]) for i in range(len(x))) / len(x))
     return {"order": order, "cuts": cuts, "last_randomised": [order[k - 1] for k in cuts], "spearman": curves}
 
@@ -259,10 +274,9 @@ def plot_maps(images: torch.Tensor, maps: torch.Tensor, titles: list[str], metho
 
     n = len(images)
     fig, axes = plt.subplots(n, 3, figsize=(6.6, 2.2 * n), squeeze=False)
-    side = maps.shape[-1]
     for i in range(n):
         img = images[i]
-        if img.shape[-1] != side:  # stored at another size than the model's input: show it at the input size
+        if tuple(img.shape[-2:]) != tuple(maps.shape[-2:]):  # not at the model's input size: show it at that size
             img = F.interpolate(img[None].float(), size=maps.shape[-2:], mode="bilinear",
                                 align_corners=False)[0].clamp(0, 255).to(torch.uint8)
         m = maps[i]
@@ -320,6 +334,7 @@ def add_explain_args(p: argparse.ArgumentParser) -> None:
                    "(default 8)")
     p.add_argument("--seed", type=int, default=0, help="seed of the image draw, SmoothGrad noise and re-init")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: the machine's cores)")
+    p.add_argument("--data-dir", help="folder holding local dataset copies (sets ABLATIONS_DATA)")
 
 
 def _pick_images(n_test: int, args) -> list[int]:
@@ -338,10 +353,21 @@ def _pick_images(n_test: int, args) -> list[int]:
     return torch.randperm(n_test, generator=g)[:args.images].sort().values.tolist()
 
 
+def weights_stamp(run_dir: Path) -> list:
+    """(size, mtime ns) of the run's weights: explanations of older weights are stale (a rerun with --overwrite)."""
+    for name in (rd.FINAL, rd.CHECKPOINT):
+        p = Path(run_dir) / name
+        if p.exists():
+            st = p.stat()
+            return [st.st_size, st.st_mtime_ns]
+    return []
+
+
 def explain(args) -> Path:
     """Maps (and the sanity curves) of a run into RUN_DIR/explain/; returns explain.json's path."""
-    if args.sanity_steps < 1:
-        raise ConfigError(f"--sanity-steps must be >= 1, got {args.sanity_steps}")
+    if args.sanity_steps < 2:
+        raise ConfigError(f"--sanity-steps must be >= 2 (the logits layer alone, then every layer), got "
+                          f"{args.sanity_steps}")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -356,9 +382,9 @@ def explain(args) -> Path:
         pred = r.model(x).argmax(1)
     true = r.test_y[idx]
     target = pred if args.target == "pred" else true
-    layer_name, layer = pick_layer(r.model, x, args.layer)
+    wanted = list(dict.fromkeys(args.method or XMETHODS))
+    layer_name, layer = pick_layer(r.model, x, args.layer) if any(m in NEEDS_LAYER for m in wanted) else (None, None)
     relu = has_relu_modules(r.model)
-    wanted = list(args.method or XMETHODS)
     skipped = {m: "the model has no nn.ReLU modules (Captum's guided backprop overrides those only)"
                for m in wanted if m in NEEDS_RELU and not relu}
     methods = [m for m in wanted if m not in skipped]
@@ -366,22 +392,25 @@ def explain(args) -> Path:
         raise ConfigError(f"--method {', '.join(wanted)}: {next(iter(skipped.values()))}")
     out = r.dir / EXPLAIN_DIR
     out.mkdir(exist_ok=True)
+    from .data.augment import center_crop
+
+    shown = center_crop(xs, r.size)  # what the model saw (a pretrained run's stored images are larger)
     names = [str(c) for c in r.classes]
     titles = [f"#{i} true {names[int(t)]}, pred {names[int(p)]}" for i, t, p in zip(idx, true, pred)]
     figures = {}
     for m in list(methods):
         try:
             maps = attribute(m, r.model, x, target, layer if m in NEEDS_LAYER else None, args.seed)
-        except (RuntimeError, AssertionError) as e:  # Captum refusing this model (e.g. a module used twice)
+        except (AssertionError, IndexError) as e:  # Captum refusing this model or layer
             skipped[m] = f"Captum: {str(e).splitlines()[0][:160]}"
             methods.remove(m)
             continue
-        figures[m] = plot_maps(xs, maps, titles, m, out / f"{m}.png").name
+        figures[m] = plot_maps(shown, maps, titles, m, out / f"{m}.png").name
     if not methods:
         raise RunError(f"{r.dir}: no attribution method worked: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     record = {"images": idx, "true": [int(t) for t in true], "pred": [int(p) for p in pred],
               "classes": names, "target": args.target, "layer": layer_name, "methods": methods, "skipped": skipped,
-              "figures": figures, "seed": args.seed}
+              "figures": figures, "seed": args.seed, "weights": weights_stamp(r.dir)}
     if args.sanity:
         res = sanity(r.model, x, target, methods, layer_name, args.sanity_steps, args.seed)
         res["figure"] = plot_sanity(res, out / "sanity.png").name
@@ -392,10 +421,17 @@ def explain(args) -> Path:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.threads < 0:
+        raise ConfigError(f"--threads must be >= 0, got {args.threads}")
     run = rd.Run.read(Path(args.run_dir))
     if (run.config.get("method") or {}).get("name") == "language_model":  # the LSTM cell page
         from .explain_text import explain_language_run
 
+        given = [f for f, v in (("--method", args.method), ("--sanity", args.sanity), ("--index", args.index),
+                                ("--layer", args.layer)) if v]
+        if given:
+            raise ConfigError(f"{' '.join(given)}: options of image runs; {run.dir} is a language model (its page "
+                              "shows the LSTM cells)")
         if args.threads:
             torch.set_num_threads(args.threads)
         path = explain_language_run(run.dir)

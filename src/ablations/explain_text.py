@@ -123,7 +123,7 @@ def cell_html(text: str, values: torch.Tensor) -> str:
     """The text as spans coloured by values (one per character); line breaks kept."""
     out = []
     for ch, v in zip(text, values.tolist()):
-        esc = html.escape(ch) if ch != "\n" else "&#8629;<br>"
+        esc = html.escape(ch) if ch != "\n" else "&#8629;\n"  # pre-wrap keeps the line break
         out.append(f'<span style="background:{_colour(v)}">{esc}</span>')
     return "".join(out)
 
@@ -163,6 +163,9 @@ def explain_language_run(run_dir: Path, chars: int = SHOW_CHARS) -> Path:
     if vocab.level != "char":
         raise RunError(f"{run_dir}: a {vocab.level}-level model; the LSTM cell page reads character-level runs")
     data = DATASETS.get(cfg.data.name)(cfg.data)
+    if data.vocab.tokens != vocab.tokens:  # the corpus changed since the run: its ids would decode to other text
+        raise RunError(f"{run_dir}: the corpus {data.source} no longer gives the run's vocabulary (vocab.json); "
+                       "explain needs the text the model was trained on")
     ids = data.last10[:chars]
     text = vocab.decode(ids)
     traces = lstm_traces(model, ids)
@@ -176,15 +179,15 @@ def explain_language_run(run_dir: Path, chars: int = SHOW_CHARS) -> Path:
     rows = "".join(f"<tr><td>{html.escape(p['feature'])}</td><td>{p['layer'] + 1}</td><td>{p['cell']}</td>"
                    f"<td>{p['r']:+.3f}</td></tr>" for p in picks)
     sections = "".join(
-        f"<h2 id='cell-{p['layer'] + 1}-{p['cell']}'>layer {p['layer'] + 1}, cell {p['cell']}: "
+        f"<h2 id='property-{k}'>layer {p['layer'] + 1}, cell {p['cell']}: "
         f"{html.escape(p['feature'])} (r = {p['r']:+.3f})</h2><div class='text'>"
-        f"{cell_html(text, traces[p['layer']]['c'][:, p['cell']].tanh())}</div>" for p in picks)
+        f"{cell_html(text, traces[p['layer']]['c'][:, p['cell']].tanh())}</div>" for k, p in enumerate(picks))
     sat_rows = "".join(f"<tr><td>{layer}</td><td>{g}</td><td>{v['left']:.3f}</td><td>{v['right']:.3f}</td></tr>"
                        for layer, gates in mean.items() for g, v in gates.items())
     img = base64.b64encode(png.read_bytes()).decode()
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>LSTM cells of {html.escape(str(run_dir))}</title>"
             "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-            ".text{font-family:monospace;font-size:13px;line-height:1.5;white-space:normal}"
+            ".text{font-family:monospace;font-size:13px;line-height:1.5;white-space:pre-wrap}"
             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px}</style></head><body>"
             f"<h1>What the LSTM cells track</h1><p>{len(text)} characters of the held-out text (the corpus' last 10 %), "
             "each coloured by the cell's tanh(c): red positive, blue negative. Cells chosen as the most correlated "

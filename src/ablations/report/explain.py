@@ -1,7 +1,8 @@
 """The explanations part of a study report, from run directories alone: for every run that `ablations explain`
 has visited (RUN_DIR/explain/explain.json), its attribution figures and, with --sanity, the cascading
 randomisation curves (Spearman correlation of each method's map with the trained model's, as layers are
-re-initialised from the top down)."""
+re-initialised from the top down); for a language-model run, the LSTM cells page and the gate statistics.
+Files are copied beside the report as explain-<preset>-<variant>-s<seed>-<name> (unique per run)."""
 from __future__ import annotations
 
 import shutil
@@ -13,50 +14,63 @@ from ..registry import SECTIONS
 
 @SECTIONS.register("explanations")
 def render(run_list: list, out_dir: Path) -> str:
-    """Explanations: attribution maps per run and method, and the sanity check's curves."""
-    from ..explain import EXPLAIN_DIR, EXPLAIN_JSON
+    """Explanations: attribution maps per run and method, the sanity check's curves, LSTM cells."""
+    from ..explain import EXPLAIN_DIR, EXPLAIN_JSON, weights_stamp
 
     parts: list[str] = []
     for r in run_list:
         f = r.dir / EXPLAIN_DIR / EXPLAIN_JSON
         if not f.is_file():
             continue
+        tag = "-".join(str(p) for p in ("explain", r.config.get("preset") or "run", r.variant, f"s{r.seed}"))
         try:
             rec = rt.read_json(f)
-        except Exception:  # a damaged record: the rest of the report still renders
-            parts.append(f"### {r.variant} seed {r.seed}\n\n{f}: unreadable, rerun `ablations explain`.")
-            continue
-        tag = f"explain-{r.variant}-s{r.seed}"
-        if rec.get("kind") == "text":
-            parts.append(_text_part(r, rec, f.parent, Path(out_dir), tag))
-            continue
-        lines = [f"### {r.variant} seed {r.seed}", "",
-                 f"{len(rec['images'])} test images (indices {', '.join(map(str, rec['images']))}), maps of the "
-                 f"{'predicted' if rec['target'] == 'pred' else 'true'} class; Grad-CAM layer `{rec['layer']}`."]
-        for m, why in rec.get("skipped", {}).items():
-            lines.append(f"Not shown: {m} ({why}).")
-        for m in rec["methods"]:
-            src = f.parent / rec["figures"][m]
-            if src.is_file():
-                shutil.copyfile(src, Path(out_dir) / f"{tag}-{m}.png")
-                lines += ["", f"![{m}, {r.variant} seed {r.seed}]({tag}-{m}.png)"]
-        san = rec.get("sanity")
-        if san:
-            lines += ["", "Sanity check (Adebayo et al. 2018, cascading randomisation): Spearman rank correlation "
-                      "between each method's map and the trained model's, mean over the images, after re-initialising "
-                      "the parametrised layers from the output down to the one named. A method whose map stays "
-                      "correlated while the weights are destroyed does not explain the model.", "",
-                      "| method | top layer randomised | half the layers | all layers |", "|---|---|---|---|"]
-            for m, ys in san["spearman"].items():
-                lines.append(f"| {m} | {ys[0]:.3f} | {ys[len(ys) // 2]:.3f} | {ys[-1]:.3f} |")
-            src = f.parent / san.get("figure", "sanity.png")
-            if src.is_file():
-                shutil.copyfile(src, Path(out_dir) / f"{tag}-sanity.png")
-                lines += ["", f"![cascading randomisation, {r.variant} seed {r.seed}]({tag}-sanity.png)"]
-        parts.append("\n".join(lines))
+            if rec.get("weights") not in (None, weights_stamp(r.dir)):
+                parts.append(f"### {r.variant} seed {r.seed}\n\nThe explanations in {f.parent} are of weights this "
+                             "run no longer has (it was rerun since): run `ablations explain` again.")
+            elif rec.get("kind") == "text":
+                parts.append(_text_part(r, rec, f.parent, Path(out_dir), tag))
+            else:
+                parts.append(_image_part(r, rec, f.parent, Path(out_dir), tag))
+        except (OSError, KeyError, TypeError, ValueError, IndexError) as e:  # damaged: the rest still renders
+            parts.append(f"### {r.variant} seed {r.seed}\n\n{f}: unreadable ({type(e).__name__}: {e}); rerun "
+                         "`ablations explain`.")
     if not parts:
         return ""
     return "## Explanations\n\nWritten by `ablations explain RUN_DIR` (attributions: Captum).\n\n" + "\n\n".join(parts)
+
+
+def _image_part(r, rec: dict, src_dir: Path, out_dir: Path, tag: str) -> str:
+    """An image run: each method's figure, then the sanity check's table and curves."""
+    layer = f"; Grad-CAM layer `{rec['layer']}`" if rec.get("layer") else ""
+    lines = [f"### {r.variant} seed {r.seed}", "",
+             f"{len(rec['images'])} test images (indices {', '.join(map(str, rec['images']))}), maps of the "
+             f"{'predicted' if rec['target'] == 'pred' else 'true'} class{layer}."]
+    for m, why in rec.get("skipped", {}).items():
+        lines.append(f"Not shown: {m} ({why}).")
+    for m in rec["methods"]:
+        src = src_dir / rec["figures"][m]
+        if src.is_file():
+            shutil.copyfile(src, out_dir / f"{tag}-{m}.png")
+            lines += ["", f"![{m}, {r.variant} seed {r.seed}]({tag}-{m}.png)"]
+    san = rec.get("sanity")
+    if san:
+        cuts, names = san["cuts"], san["last_randomised"]
+        mid = len(cuts) // 2
+        cols = [(0, f"output layer only ({names[0]})"), (mid, f"top {cuts[mid]} of {len(san['order'])} layers"),
+                (len(cuts) - 1, f"all {cuts[-1]} layers")]
+        lines += ["", "Sanity check (Adebayo et al. 2018, cascading randomisation): Spearman rank correlation (ties "
+                  "at their average rank) between each method's map and the trained model's, mean over the images, "
+                  "after re-initialising the parametrised layers from the output down. A map that stays correlated "
+                  "while the weights are destroyed does not explain the model.", "",
+                  "| method | " + " | ".join(c for _, c in cols) + " |", "|---|" + "---|" * len(cols)]
+        for m, ys in san["spearman"].items():
+            lines.append(f"| {m} | " + " | ".join(f"{ys[i]:.3f}" for i, _ in cols) + " |")
+        src = src_dir / san.get("figure", "sanity.png")
+        if src.is_file():
+            shutil.copyfile(src, out_dir / f"{tag}-sanity.png")
+            lines += ["", f"![cascading randomisation, {r.variant} seed {r.seed}]({tag}-sanity.png)"]
+    return "\n".join(lines)
 
 
 def _text_part(r, rec: dict, src_dir: Path, out_dir: Path, tag: str) -> str:

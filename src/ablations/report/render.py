@@ -365,8 +365,8 @@ def markdown_to_html(md: str, out: Path, title: str) -> str:
 
 
 def copy_report(md: str, out: Path, dest: Path) -> Path:
-    """Write the Markdown report to `dest` (e.g. docs/results/cifar10.md), copying the PNGs it shows
-    beside it as <dest stem>-<name>.png and pointing the links there. Text above the first heading of an
+    """Write the Markdown report to `dest` (e.g. docs/results/cifar10.md), copying the PNGs it shows (and the HTML
+    pages it links) beside it as <dest stem>-<name> and pointing the links there. Text above the first heading of an
     existing `dest` (how it was made, what was measured around it) is kept; the rest is regenerated."""
     import shutil
 
@@ -385,7 +385,9 @@ def copy_report(md: str, out: Path, dest: Path) -> Path:
         shutil.copyfile(src, dest.parent / name)
         return f"![{m.group(1)}]({name})"
 
-    rt.atomic_write_text(dest, preamble + re.sub(r"!\[([^\]]*)\]\(([^)]+\.png)\)", relink, md) + "\n")
+    md = re.sub(r"!\[([^\]]*)\]\(([^)]+\.png)\)", relink, md)
+    md = re.sub(r"(?<!!)\[([^\]]*)\]\(([^)/]+\.html)\)", lambda m: relink(m).removeprefix("!"), md)  # linked pages (LSTM cells)
+    rt.atomic_write_text(dest, preamble + md + "\n")
     return dest
 
 
