@@ -383,7 +383,8 @@ def explain(args) -> Path:
     true = r.test_y[idx]
     target = pred if args.target == "pred" else true
     wanted = list(dict.fromkeys(args.method or XMETHODS))
-    layer_name, layer = pick_layer(r.model, x, args.layer) if any(m in NEEDS_LAYER for m in wanted) else (None, None)
+    needs_layer = args.layer or any(m in NEEDS_LAYER for m in wanted)  # a given --layer is checked either way
+    layer_name, layer = pick_layer(r.model, x, args.layer) if needs_layer else (None, None)
     relu = has_relu_modules(r.model)
     skipped = {m: "the model has no nn.ReLU modules (Captum's guided backprop overrides those only)"
                for m in wanted if m in NEEDS_RELU and not relu}
