@@ -100,21 +100,25 @@ def load_image_run(run_dir: Path) -> ImageRun:
                     size=size)
 
 
-def spatial_modules(model: nn.Module, x: torch.Tensor) -> list[tuple[str, tuple]]:
-    """(name, output shape) of the modules whose output is a feature map (B, C, h, w) with h, w > 1, in the order
-    the forward pass produces them. Each output tensor is named once: by the first module that produced it and
-    runs once per forward (a container returning its last child's tensor is that child; a shared activation
-    called by every block is skipped for the block that calls it, whose output the attribution can then read)."""
-    seen: list[tuple[str, torch.Tensor]] = []  # the tensors are kept alive: their ids stay unique
-    hooks = [m.register_forward_hook(lambda mod, inp, out, name=name: seen.append((name, out))
-                                     if isinstance(out, torch.Tensor) else None)
-             for name, m in model.named_modules() if name]
+def _probe(model: nn.Module, x: torch.Tensor, modules: dict[str, nn.Module], record: Callable) -> None:
+    """One forward pass of x[:1] with record(name, output) called as each of `modules` finishes."""
+    hooks = [m.register_forward_hook(lambda mod, inp, out, name=name: record(name, out)) for name, m in modules.items()]
     try:
         with torch.no_grad():
             model(x[:1])
     finally:
         for h in hooks:
             h.remove()
+
+
+def spatial_modules(model: nn.Module, x: torch.Tensor) -> list[tuple[str, tuple]]:
+    """(name, output shape) of the modules whose output is a feature map (B, C, h, w) with h, w > 1, in the order
+    the forward pass produces them. Each output tensor is named once: by the first module that produced it and
+    runs once per forward (a container returning its last child's tensor is that child; a shared activation
+    called by every block is skipped for the block that calls it, whose output the attribution can then read)."""
+    seen: list[tuple[str, torch.Tensor]] = []  # the tensors are kept alive: their ids stay unique
+    _probe(model, x, {name: m for name, m in model.named_modules() if name},
+           lambda name, out: seen.append((name, out)) if isinstance(out, torch.Tensor) else None)
     calls: dict[str, int] = {}
     for name, _ in seen:
         calls[name] = calls.get(name, 0) + 1
@@ -204,15 +208,9 @@ def randomisation_order(model: nn.Module, x: torch.Tensor) -> list[str]:
     """The leaf modules with parameters, from the output back to the input (the cascade's order): the order of
     the forward pass, reversed."""
     order: list[str] = []
-    hooks = [m.register_forward_hook(lambda mod, inp, out, name=name: order.append(name))
-             for name, m in model.named_modules()
-             if name and not list(m.children()) and any(True for _ in m.parameters(recurse=False))]
-    try:
-        with torch.no_grad():
-            model(x[:1])
-    finally:
-        for h in hooks:
-            h.remove()
+    _probe(model, x, {name: m for name, m in model.named_modules()
+                      if name and not list(m.children()) and any(True for _ in m.parameters(recurse=False))},
+           lambda name, out: order.append(name))
     return list(reversed(list(dict.fromkeys(order))))
 
 

@@ -94,8 +94,6 @@ def _plot(points: dict[str, list[tuple[float, float]]], whole: float | None, pat
     ax.set_ylabel(f"{metric} (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    from .render import save_figure
+
+    return save_figure(fig, path)

@@ -133,11 +133,9 @@ def _plot(series: dict[str, list[tuple[float, tuple[float, float]]]], floor: flo
     ax.set_ylabel(f"{metric} (%)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    from .render import save_figure
+
+    return save_figure(fig, path)
 
 
 def _plot_pseudo(runs: list, path: Path) -> Path:
@@ -157,8 +155,6 @@ def _plot_pseudo(runs: list, path: Path) -> Path:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    from .render import save_figure
+
+    return save_figure(fig, path)

@@ -46,6 +46,17 @@ def _variant_order(runs: list[Run]) -> list[str]:
     return sorted(seen, key=lambda v: order.index(v) if v in order else len(order) + seen.index(v))
 
 
+def save_figure(fig, path: Path, dpi: int = 110) -> Path:
+    """Lay out, write and close a matplotlib figure (the report sections' PNGs)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return Path(path)
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     if not values:
         return float("nan"), float("nan")
