@@ -79,12 +79,13 @@ class SemiSupervised(Finetune):
             raise RunError(f"data {cfg.data.name}: no unlabeled training images (labeled_fraction "
                            f"{cfg.data.labeled_fraction}, labeled_per_class {cfg.data.labeled_per_class})")
         self.n_unlabeled = len(d.unlabeled_x)
-        self.ux, self.uy = d.unlabeled_x.to(dev), d.unlabeled_y.to(dev)
+        self.uy = d.unlabeled_y.to(dev)
         self.strong = build_pipeline(cfg.data.aug.get("strong", []))
         # B labeled (fewer when the labeled set is smaller) and mu * batch_size unlabeled images per step
         self.ubs = mc.mu * cfg.train.batch_size
         # a frozen backbone: every view computed once
         self.view_mode = self.frozen_inputs()
+        self.ux = None if self.view_mode else d.unlabeled_x.to(dev)  # view mode reads only the cached views
         self.tv = self.uw = self.us = None  # (K, N, D) features of the views
         self.view_stats: dict = {}  # seconds spent on the views (kept apart from the per-epoch feature cache)
         if self.view_mode:
@@ -93,7 +94,6 @@ class SemiSupervised(Finetune):
             self.tv, self.uw = self.view_features(self.aug, "weak", d.train_index, d.unlabeled_index)
             if self.needs_strong:
                 self.us = self.view_features(self.strong, "strong", d.unlabeled_index)[0]
-            self.ux = None  # only its views are read
         d.all_train_x = None
 
     # -- cached views
@@ -152,8 +152,9 @@ class SemiSupervised(Finetune):
                 xl, uw = pick(self.tv, li), pick(self.uw, ui)
                 us = pick(self.us, ui) if self.us is not None else None
             else:
-                xl, uw = self.prep(self.tx[li], gen), self.prep(self.ux[ui], gen)
-                us = self.prep(self.ux[ui], gen, self.strong) if self.needs_strong else None
+                u = self.ux[ui]  # (mu*B, 3, H, W) uint8, gathered once for both views
+                xl, uw = self.prep(self.tx[li], gen), self.prep(u, gen)
+                us = self.prep(u, gen, self.strong) if self.needs_strong else None
             yield xl, self.ty[li], uw, us, self.uy[ui], progress
 
     def unlabeled_loss(self, uw: torch.Tensor, us: Optional[torch.Tensor]
