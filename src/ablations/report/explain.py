@@ -45,7 +45,10 @@ def _image_part(r, rec: dict, src_dir: Path, out_dir: Path, tag: str) -> str:
     layer = f"; Grad-CAM layer `{rec['layer']}`" if rec.get("layer") else ""
     lines = [f"### {r.variant} seed {r.seed}", "",
              f"{len(rec['images'])} test images (indices {', '.join(map(str, rec['images']))}), maps of the "
-             f"{'predicted' if rec['target'] == 'pred' else 'true'} class{layer}."]
+             f"{'predicted' if rec['target'] == 'pred' else 'true'} class{layer}.{_took(rec)}"]
+    if rec.get("relu6_as_relu"):
+        lines.append(f"Guided backprop: the model's {rec['relu6_as_relu']} ReLU6 modules computed as ReLU then a clamp "
+                     "at 6 (the same function; Captum's guided rule applies at the ReLU).")
     for m, why in rec.get("skipped", {}).items():
         lines.append(f"Not shown: {m} ({why}).")
     for m in rec["methods"]:
@@ -60,12 +63,17 @@ def _image_part(r, rec: dict, src_dir: Path, out_dir: Path, tag: str) -> str:
         cols = [(0, f"output layer only ({names[0]})"), (mid, f"top {cuts[mid]} of {len(san['order'])} layers"),
                 (len(cuts) - 1, f"all {cuts[-1]} layers")]
         lines += ["", "Sanity check (Adebayo et al. 2018, cascading randomisation): Spearman rank correlation (ties "
-                  "at their average rank) between each method's map and the trained model's, mean over the images, "
-                  "after re-initialising the parametrised layers from the output down. A map that stays correlated "
+                  "at their average rank) between each method's map and the trained model's, "
+                  + (f"mean +- std over {san['n_images']} test images, " if san.get("n_images", 0) > 1 else
+                     f"mean over {san.get('n_images', len(rec['images']))} test image(s), ")
+                  + "after re-initialising the parametrised layers from the output down. A map that stays correlated "
                   "while the weights are destroyed does not explain the model.", "",
                   "| method | " + " | ".join(c for _, c in cols) + " |", "|---|" + "---|" * len(cols)]
+        sds = san.get("spearman_std", {}) if san.get("n_images", 0) > 1 else {}  # one image: no spread to show
         for m, ys in san["spearman"].items():
-            lines.append(f"| {m} | " + " | ".join(f"{ys[i]:.3f}" for i, _ in cols) + " |")
+            sd = sds.get(m)
+            lines.append(f"| {m} | " + " | ".join(f"{ys[i]:.3f}" + (f" +- {sd[i]:.3f}" if sd else "")
+                                                   for i, _ in cols) + " |")
         src = src_dir / san.get("figure", "sanity.png")
         if src.is_file():
             shutil.copyfile(src, out_dir / f"{tag}-sanity.png")
@@ -77,7 +85,7 @@ def _text_part(r, rec: dict, src_dir: Path, out_dir: Path, tag: str) -> str:
     """An LSTM run: the cells chosen for each text property (the page beside the report) and gate saturation."""
     lines = [f"### {r.variant} seed {r.seed}: LSTM cells", "",
              f"{rec['chars']} held-out characters; for each property the cell whose tanh(c) correlates most with it "
-             "(Pearson r):", "", "| property | layer | cell | r |", "|---|---|---|---|"]
+             f"(Pearson r):{_took(rec)}", "", "| property | layer | cell | r |", "|---|---|---|---|"]
     lines += [f"| {c['feature']} | {c['layer'] + 1} | {c['cell']} | {c['r']:+.3f} |" for c in rec["cells"]]
     page = src_dir / rec["page"]
     if page.is_file():
@@ -92,3 +100,8 @@ def _text_part(r, rec: dict, src_dir: Path, out_dir: Path, tag: str) -> str:
         shutil.copyfile(png, out_dir / f"{tag}-gates.png")
         lines += ["", f"![gate saturation per cell, {r.variant}]({tag}-gates.png)"]
     return "\n".join(lines)
+
+
+def _took(rec: dict) -> str:
+    return f" `ablations explain` took {rec['seconds']:.0f} s on {rec.get('threads', '?')} threads." \
+        if "seconds" in rec else ""

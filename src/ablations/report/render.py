@@ -379,26 +379,69 @@ def copy_report(md: str, out: Path, dest: Path) -> Path:
     """Write the Markdown report to `dest` (e.g. docs/results/cifar10.md), copying the PNGs it shows (and the HTML
     pages it links) beside it as <dest stem>-<name> and pointing the links there. Text above the first heading of an
     existing `dest` (how it was made, what was measured around it) is kept; the rest is regenerated."""
-    import shutil
-
     dest.parent.mkdir(parents=True, exist_ok=True)
-    preamble = ""
-    if dest.exists():
-        old = dest.read_text(encoding="utf-8")
-        m = re.search(r"^# ", old, flags=re.M)
-        preamble = old[:m.start()] if m else old  # no heading yet: all of it is the hand-written part
+    rt.atomic_write_text(dest, _preamble(dest) + _relink(md, out, dest, dest.stem) + "\n")
+    return dest
+
+
+def _preamble(dest: Path) -> str:
+    """The hand-written text above the first heading of an existing `dest` (how it was made, what was measured)."""
+    if not dest.exists():
+        return ""
+    old = dest.read_text(encoding="utf-8")
+    m = re.search(r"^# ", old, flags=re.M)
+    return old[:m.start()] if m else old  # no heading yet: all of it is the hand-written part
+
+
+def _relink(md: str, out: Path, dest: Path, prefix: str) -> str:
+    """Copy the PNGs `md` shows and the HTML pages it links from `out` beside `dest` as <prefix>-<name>; relink."""
+    import shutil
 
     def relink(m: re.Match) -> str:
         src = out / m.group(2)
         if not src.exists():
             return m.group(0)
-        name = f"{dest.stem}-{Path(m.group(2)).name}"
+        name = f"{prefix}-{Path(m.group(2)).name}"
         shutil.copyfile(src, dest.parent / name)
         return f"![{m.group(1)}]({name})"
 
     md = re.sub(r"!\[([^\]]*)\]\(([^)]+\.png)\)", relink, md)
-    md = re.sub(r"(?<!!)\[([^\]]*)\]\(([^)/]+\.html)\)", lambda m: relink(m).removeprefix("!"), md)  # linked pages (LSTM cells)
-    rt.atomic_write_text(dest, preamble + md + "\n")
+    return re.sub(r"(?<!!)\[([^\]]*)\]\(([^)/]+\.html)\)", lambda m: relink(m).removeprefix("!"), md)  # linked pages (LSTM cells)
+
+
+def write_section_digest(dirs: list[Path], sections: list[str], dest: Path) -> Path:
+    """One Markdown page of the named report sections over several study (or run) dirs, e.g. every explained run's
+    figures in docs/results/explain.md: per dir its study, preset and path, then the sections (headings one level
+    down). `dest` and the files it shows (beside it) are written, and the sections copy their files into each dir
+    as they do for its report; the dirs' report.md stay as they are, and the text above the first heading of an
+    existing `dest` is kept."""
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown:
+        raise ConfigError(f"--section {unknown[0]!r}: not a report section (choices: {', '.join(SECTIONS.names())})")
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    sections = list(dict.fromkeys(sections))
+    dirs = list({Path(d).resolve(): Path(d) for d in dirs}.values())  # a dir given twice: once
+    blocks = [f"# Report sections: {', '.join(sections)}"]
+    seen: set[str] = set()
+    for k, d in enumerate(dirs):
+        if not d.exists():
+            raise ConfigError(f"{d}: no such directory")
+        runs = load_runs(d)
+        if not runs:
+            raise ConfigError(f"{d}: no run directories (with {rt.CONFIG}) below it")
+        out = d if d.is_dir() else d.parent
+        text = "\n\n".join(t.strip() for t in (SECTIONS.get(s)(runs, out) for s in sections) if t)
+        if not text:
+            raise ConfigError(f"{d}: its runs have nothing for the section(s) {', '.join(sections)}")
+        c0 = runs[0].config
+        study = str(c0.get("study") or d.name)
+        text = re.sub(r"^(#+) ", r"#\1 ", text, flags=re.M)  # one level down, under the dir's heading
+        prefix = f"{dest.stem}-{study}" if study not in seen else f"{dest.stem}-{study}-{k}"  # files never clash
+        seen.add(study)
+        blocks.append(f"## {study}, preset `{c0.get('preset')}`\n\nRuns under `{d}`.\n\n"
+                      + _relink(text, out, dest, prefix))
+    rt.atomic_write_text(dest, _preamble(dest) + "\n\n".join(blocks) + "\n")
     return dest
 
 
