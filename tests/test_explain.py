@@ -188,6 +188,7 @@ def test_explain_an_lstm_run_writes_the_cell_page(lstm_run, capsys):
     assert main(["explain", str(lstm_run)]) == 0
     assert "LSTM cells of" in capsys.readouterr().out
     rec = json.loads((lstm_run / "explain" / "explain.json").read_text())
+    assert rec["absent"] == []
     assert {c["feature"] for c in rec["cells"]} == {"inside quotes or brackets", "position in the line",
                                                    "speaker's name line", "vowel"}
     page = (lstm_run / "explain" / "lstm_cells.html").read_text()
@@ -340,3 +341,20 @@ def test_wordnet_ids_read_as_imagenet_names():
 
     assert readable_classes(["n02087394", "n02111889", "cat", "nXYZ"]) == ["Rhodesian Ridgeback", "Samoyed", "cat",
                                                                           "nXYZ"]
+
+
+def test_explain_a_relu6_network_gives_gradcam_and_guided_maps(tmp_path, capsys):
+    """MobileNetV2 (ReLU6 everywhere, not pretrained, 32 px synthetic images, a few steps): the ReLU6 swap that
+    guided backprop needs happens before the Grad-CAM layer is picked, so every method gives a map."""
+    d = tmp_path / "mb" / "smoke" / "mb" / "seed0"
+    c = make({"data": {"name": "synthetic", "n_train": 64, "n_test": 8, "n_classes": 3, "image_size": 32},
+              "model": {"name": "mobilenet_v2", "pretrained": False}, "method": {"name": "finetune", "train_stages": -1},
+              "optim": {"name": "adam", "lr": 0.001},
+              "train": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 8, "threads": 1}},
+             study="mb", variant="mb", preset="smoke")
+    loop.run(c, d)
+    assert main(["explain", str(d), "--images", "2", "--method", "gradcam", "--method", "guided-backprop",
+                 "--method", "guided-gradcam"]) == 0
+    rec = json.loads((d / "explain" / "explain.json").read_text())
+    assert rec["skipped"] == {} and rec["methods"] == ["gradcam", "guided-backprop", "guided-gradcam"]
+    assert rec["relu6_as_relu"] > 10

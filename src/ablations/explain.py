@@ -301,12 +301,15 @@ def plot_maps(images: torch.Tensor, maps: torch.Tensor, titles: list[str], metho
         if tuple(img.shape[-2:]) != tuple(maps.shape[-2:]):  # not at the model's input size: show it at that size
             img = F.interpolate(img[None].float(), size=maps.shape[-2:], mode="bilinear",
                                 align_corners=False)[0].clamp(0, 255).to(torch.uint8)
-        m = maps[i]
-        m = (m - m.min()) / (m.max() - m.min() + 1e-12)
+        m = maps[i].float()
+        # shown clipped at the 99th percentile (as Captum's visualiser does): a few extreme pixels would leave the
+        # rest of a gradient map black
+        hi = float(torch.quantile(m.flatten(), 0.99))
+        m = ((m - m.min()) / (max(hi, float(m.min())) - m.min() + 1e-12)).clamp(0, 1)
         axes[i][0].imshow(_image(img))
-        axes[i][0].set_title(titles[i], fontsize=7)
+        axes[i][0].set_title(titles[i].replace(", pred ", "\npred "), fontsize=7)  # two lines: long breed names fit
         axes[i][1].imshow(m.cpu().numpy(), cmap="inferno")
-        axes[i][1].set_title(method, fontsize=7)
+        axes[i][1].set_title(f"{method} (clipped at p99)", fontsize=7)
         axes[i][2].imshow(_image(img))
         axes[i][2].imshow(m.cpu().numpy(), cmap="inferno", alpha=0.55)
         for ax in axes[i]:
@@ -417,10 +420,11 @@ def explain(args) -> Path:
     true = r.test_y[idx]
     target = pred if args.target == "pred" else true
     wanted = list(dict.fromkeys(args.method or XMETHODS))
+    # guided backprop reads nn.ReLU modules: the same function built from one where the model has ReLU6 (before
+    # the layer is picked: Grad-CAM must hook a module of the model as it runs)
+    swapped = relu6_as_relu(r.model) if any(m in NEEDS_RELU for m in wanted) else 0
     needs_layer = args.layer or any(m in NEEDS_LAYER for m in wanted)  # a given --layer is checked either way
     layer_name, layer = pick_layer(r.model, x, args.layer) if needs_layer else (None, None)
-    # guided backprop reads nn.ReLU modules: the same function built from one where the model has ReLU6
-    swapped = relu6_as_relu(r.model) if any(m in NEEDS_RELU for m in wanted) else 0
     relu = has_relu_modules(r.model)
     skipped = {m: "the model has no nn.ReLU modules (Captum's guided backprop overrides those only)"
                for m in wanted if m in NEEDS_RELU and not relu}

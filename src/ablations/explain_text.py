@@ -171,7 +171,9 @@ def explain_language_run(run_dir: Path, chars: int = SHOW_CHARS) -> Path:
     ids = data.last10[:chars]
     text = vocab.decode(ids)
     traces = lstm_traces(model, ids)
-    picks = pick_cells(traces, text_features(text))
+    feats = text_features(text)
+    picks = pick_cells(traces, feats)
+    absent = [k for k, f in feats.items() if float(f.std()) == 0]  # never (or always) in this text: no cell to pick
     sat = saturation(traces)
     out = Path(run_dir) / EXPLAIN_DIR
     out.mkdir(exist_ok=True)
@@ -194,14 +196,16 @@ def explain_language_run(run_dir: Path, chars: int = SHOW_CHARS) -> Path:
             f"<h1>What the LSTM cells track</h1><p>{len(text)} characters of the held-out text (the corpus' last 10 %), "
             "each coloured by the cell's tanh(c): red positive, blue negative. Cells chosen as the most correlated "
             "(Pearson r over these characters) with each property.</p>"
-            f"<table><tr><th>property</th><th>layer</th><th>cell</th><th>r</th></tr>{rows}</table>{sections}"
+            f"<table><tr><th>property</th><th>layer</th><th>cell</th><th>r</th></tr>{rows}</table>"
+            + (f"<p>Not in this text (no cell to pick): {html.escape(', '.join(absent))}.</p>" if absent else "")
+            + f"{sections}"
             "<h2>Gate saturation</h2><p>Mean over the cells of the fraction of steps a gate is left-saturated "
             f"(&lt; {SAT_LOW}) or right-saturated (&gt; {SAT_HIGH}); per cell in the plot.</p>"
             f"<table><tr><th>layer</th><th>gate</th><th>left</th><th>right</th></tr>{sat_rows}</table>"
             f"<img alt='gate saturation' src='data:image/png;base64,{img}'></body></html>\n")
     rd.atomic_write_text(out / "lstm_cells.html", page)
     path = out / EXPLAIN_JSON
-    rd.write_json(path, {"kind": "text", "chars": len(text), "cells": picks, "saturation_mean": mean,
+    rd.write_json(path, {"kind": "text", "chars": len(text), "cells": picks, "absent": absent, "saturation_mean": mean,
                          "page": "lstm_cells.html", "figure": png.name,
                          "seconds": round(time.perf_counter() - t0, 1), "threads": torch.get_num_threads()})
     return path

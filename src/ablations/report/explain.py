@@ -85,8 +85,10 @@ def _text_part(r, rec: dict, src_dir: Path, out_dir: Path, tag: str) -> str:
     """An LSTM run: the cells chosen for each text property (the page beside the report) and gate saturation."""
     lines = [f"### {r.variant} seed {r.seed}: LSTM cells", "",
              f"{rec['chars']} held-out characters; for each property the cell whose tanh(c) correlates most with it "
-             f"(Pearson r):{_took(rec)}", "", "| property | layer | cell | r |", "|---|---|---|---|"]
+             f"(Pearson r).{_took(rec)}", "", "| property | layer | cell | r |", "|---|---|---|---|"]
     lines += [f"| {c['feature']} | {c['layer'] + 1} | {c['cell']} | {c['r']:+.3f} |" for c in rec["cells"]]
+    if rec.get("absent"):
+        lines += ["", f"Not in this text, so no cell picked: {', '.join(rec['absent'])}."]
     page = src_dir / rec["page"]
     if page.is_file():
         shutil.copyfile(page, out_dir / f"{tag}-cells.html")
