@@ -425,12 +425,7 @@ def write_section_digest(dirs: list[Path], sections: list[str], dest: Path) -> P
     blocks = [f"# Report sections: {', '.join(sections)}"]
     seen: set[str] = set()
     for k, d in enumerate(dirs):
-        if not d.exists():
-            raise ConfigError(f"{d}: no such directory")
-        runs = load_runs(d)
-        if not runs:
-            raise ConfigError(f"{d}: no run directories (with {rt.CONFIG}) below it")
-        out = d if d.is_dir() else d.parent
+        runs, out = _runs_of(d)
         text = "\n\n".join(t.strip() for t in (SECTIONS.get(s)(runs, out) for s in sections) if t)
         if not text:
             raise ConfigError(f"{d}: its runs have nothing for the section(s) {', '.join(sections)}")
@@ -445,14 +440,18 @@ def write_section_digest(dirs: list[Path], sections: list[str], dest: Path) -> P
     return dest
 
 
-def write_report(root: Path, copy_to: Path | None = None) -> Path:
-    root = Path(root)
+def _runs_of(root: Path) -> tuple[list[Run], Path]:
+    """The runs below a study (or run) dir and the folder its report goes to; one clear line when there are none."""
     if not root.exists():
         raise ConfigError(f"{root}: no such directory")
     runs = load_runs(root)
     if not runs:
         raise ConfigError(f"{root}: no run directories (with {rt.CONFIG}) below it")
-    out = root if root.is_dir() else root.parent
+    return runs, (root if root.is_dir() else root.parent)
+
+
+def write_report(root: Path, copy_to: Path | None = None) -> Path:
+    runs, out = _runs_of(Path(root))
     md = render_markdown(runs, out)
     rt.atomic_write_text(out / "report.md", md + "\n")
     rt.atomic_write_text(out / "report.html", markdown_to_html(md, out, runs[0].config.get("study", "report")))
