@@ -293,7 +293,8 @@ def test_a_digest_of_the_explanations_over_studies(trained, lstm_run, tmp_path, 
     figures and the cell page beside it, the hand-written text above the first heading kept, the studies' own
     reports untouched."""
     img, text = trained.parent.parent, lstm_run.parent.parent
-    assert main(["explain", str(trained), "--images", "2", "--method", "saliency"]) == 0
+    assert main(["explain", str(trained), "--images", "2", "--method", "saliency", "--sanity", "--sanity-steps", "2",
+                 "--sanity-images", "3"]) == 0
     if not (lstm_run / "explain" / "explain.json").exists():
         assert main(["explain", str(lstm_run)]) == 0
     before = (img / "report.md").read_text()
@@ -308,6 +309,16 @@ def test_a_digest_of_the_explanations_over_studies(trained, lstm_run, tmp_path, 
     assert (dest.parent / "explain-tiny-explain-smoke-vgg-s0-saliency.png").stat().st_size > 1000
     assert (dest.parent / "explain-lm-explain-smoke-lstm-s0-cells.html").exists()
     assert (img / "report.md").read_text() == before
+    import csv
+
+    rows = list(csv.DictReader(dest.with_suffix(".csv").open()))  # the CSV beside the page: the LSTM cells' r
+    cells = json.loads((lstm_run / "explain" / "explain.json").read_text())["cells"]
+    got = {(r["study"], r["name"]): float(r["value"]) for r in rows if r["what"] == "lstm_cell_pearson_r"}
+    assert got == {("lm", c["feature"]): round(c["r"], 4) for c in cells}
+    san = json.loads((trained / "explain" / "explain.json").read_text())["sanity"]
+    sanity = [r for r in rows if r["what"] == "sanity_spearman"]  # and the sanity curve, a row per step, 3 images
+    assert [float(r["value"]) for r in sanity] == [round(v, 4) for v in san["spearman"]["saliency"]]
+    assert {r["name"] for r in sanity} == {"saliency"} and {r["n"] for r in sanity} == {"3"}
     capsys.readouterr()
     for argv, words in ((["report", str(img), "--section", "explanations"], "--section writes only the --copy-to"),
                         (["report", str(img), str(text)], "one dir at a time (2 given)"),

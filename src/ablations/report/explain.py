@@ -107,3 +107,37 @@ def _text_part(r, rec: dict, src_dir: Path, out_dir: Path, tag: str) -> str:
 def _took(rec: dict) -> str:
     return f" `ablations explain` took {rec['seconds']:.0f} s on {rec.get('threads', '?')} threads." \
         if "seconds" in rec else ""
+
+
+def rows(run_list: list) -> list[dict]:
+    """The explanations as flat rows (a CSV beside a digest): one per (run, method, randomisation step) of the sanity
+    check, one per picked LSTM cell."""
+    from ..explain import EXPLAIN_DIR, EXPLAIN_JSON
+
+    out: list[dict] = []
+    for r in run_list:
+        f = r.dir / EXPLAIN_DIR / EXPLAIN_JSON
+        try:
+            rec = rt.read_json(f) if f.is_file() else None
+        except (OSError, ValueError):
+            rec = None  # the section says it is unreadable
+        if not rec:
+            continue
+        base = {"study": r.config.get("study"), "preset": r.config.get("preset"), "variant": r.variant,
+                "seed": r.seed}
+        if rec.get("kind") == "text":
+            out += [{**base, "what": "lstm_cell_pearson_r", "name": c["feature"],
+                     "where": f"layer {c['layer'] + 1} cell {c['cell']}", "value": round(c["r"], 4), "std": "",
+                     "n": rec["chars"]} for c in rec["cells"]]
+        elif rec.get("sanity"):
+            s = rec["sanity"]
+            for m, ys in s["spearman"].items():
+                sds = s.get("spearman_std", {}).get(m) or [""] * len(ys)
+                out += [{**base, "what": "sanity_spearman", "name": m,
+                         "where": f"top {k} of {len(s['order'])} layers random (down to {last})", "value": round(y, 4),
+                         "std": round(sd, 4) if sd != "" else "", "n": s.get("n_images", len(rec["images"]))}
+                        for k, last, y, sd in zip(s["cuts"], s["last_randomised"], ys, sds)]
+    return out
+
+
+render.rows = rows  # the digest's CSV (report.render.write_section_digest) reads a section's rows from here

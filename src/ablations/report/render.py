@@ -336,10 +336,14 @@ def summary_rows(runs: list[Run]) -> list[dict]:
 
 
 def write_summary_csv(runs: list[Run], path: Path) -> Path:
+    return write_rows_csv(summary_rows(runs), path)
+
+
+def write_rows_csv(rows: list[dict], path: Path) -> Path:
+    """Rows (dicts with the first row's keys) as a CSV, written atomically."""
     import csv
     import io
 
-    rows = summary_rows(runs)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["variant"], lineterminator="\n")
     w.writeheader()
@@ -424,11 +428,14 @@ def write_section_digest(dirs: list[Path], sections: list[str], dest: Path) -> P
     dirs = list({Path(d).resolve(): Path(d) for d in dirs}.values())  # a dir given twice: once
     blocks = [f"# Report sections: {', '.join(sections)}"]
     seen: set[str] = set()
+    table: list[dict] = []  # the sections' own rows, where they give some, for the CSV beside dest
     for k, d in enumerate(dirs):
         runs, out = _runs_of(d)
         text = "\n\n".join(t.strip() for t in (SECTIONS.get(s)(runs, out) for s in sections) if t)
         if not text:
             raise ConfigError(f"{d}: its runs have nothing for the section(s) {', '.join(sections)}")
+        for sec in sections:
+            table += getattr(SECTIONS.get(sec), "rows", lambda runs: [])(runs)
         c0 = runs[0].config
         study = str(c0.get("study") or d.name)
         text = re.sub(r"^(#+) ", r"#\1 ", text, flags=re.M)  # one level down, under the dir's heading
@@ -437,6 +444,8 @@ def write_section_digest(dirs: list[Path], sections: list[str], dest: Path) -> P
         blocks.append(f"## {study}, preset `{c0.get('preset')}`\n\nRuns under `{d}`.\n\n"
                       + _relink(text, out, dest, prefix))
     rt.atomic_write_text(dest, _preamble(dest) + "\n\n".join(blocks) + "\n")
+    if table:  # machine-readable beside the page, as report --copy-to writes summary.csv
+        write_rows_csv(table, dest.with_suffix(".csv"))
     return dest
 
 
