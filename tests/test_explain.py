@@ -369,3 +369,24 @@ def test_explain_a_relu6_network_gives_gradcam_and_guided_maps(tmp_path, capsys)
     rec = json.loads((d / "explain" / "explain.json").read_text())
     assert rec["skipped"] == {} and rec["methods"] == ["gradcam", "guided-backprop", "guided-gradcam"]
     assert rec["relu6_as_relu"] > 10
+
+
+def test_stale_or_damaged_explanations_are_said_and_give_no_rows(tmp_path):
+    """The section and the digest's CSV rows read explain.json one way: a record of older weights or a damaged file
+    is a line in the section and no row."""
+    from types import SimpleNamespace
+
+    from ablations.report.explain import render, rows
+
+    runs = []
+    for name, body in (("stale", json.dumps({"weights": [1, 2], "kind": "text", "cells": []})),
+                       ("damaged", "{not json"), ("list", "[1, 2]")):
+        d = tmp_path / name
+        (d / "explain").mkdir(parents=True)
+        (d / rd.FINAL).write_bytes(b"weights")
+        (d / "explain" / "explain.json").write_text(body)
+        runs.append(SimpleNamespace(dir=d, config={"study": "s", "preset": "smoke"}, variant=name, seed=0))
+    md = render(runs, tmp_path)
+    assert "of weights this run no longer has" in md and md.count("unreadable (") == 2
+    assert "not an object" in md
+    assert rows(runs) == []

@@ -173,7 +173,7 @@ def explain_language_run(run_dir: Path, chars: int = SHOW_CHARS) -> Path:
     traces = lstm_traces(model, ids)
     feats = text_features(text)
     picks = pick_cells(traces, feats)
-    absent = [k for k, f in feats.items() if float(f.std()) == 0]  # never (or always) in this text: no cell to pick
+    absent = [k for k in feats if k not in {p["feature"] for p in picks}]  # never (or always) in this text
     sat = saturation(traces)
     out = Path(run_dir) / EXPLAIN_DIR
     out.mkdir(exist_ok=True)

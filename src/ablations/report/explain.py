@@ -12,22 +12,38 @@ from .. import rundir as rt
 from ..registry import SECTIONS
 
 
-@SECTIONS.register("explanations")
-def render(run_list: list, out_dir: Path) -> str:
-    """Explanations: attribution maps per run and method, the sanity check's curves, LSTM cells."""
+def _records(run_list: list):
+    """(run, explain.json path, its record or None, why not usable or None) for every run `ablations explain` has
+    visited: one reading for the section and the CSV rows, and one rule for what is stale or unreadable."""
     from ..explain import EXPLAIN_DIR, EXPLAIN_JSON, weights_stamp
 
-    parts: list[str] = []
     for r in run_list:
         f = r.dir / EXPLAIN_DIR / EXPLAIN_JSON
         if not f.is_file():
             continue
-        tag = "-".join(str(p) for p in ("explain", r.config.get("preset") or "run", r.variant, f"s{r.seed}"))
         try:
             rec = rt.read_json(f)
-            if rec.get("weights") not in (None, weights_stamp(r.dir)):
-                parts.append(f"### {r.variant} seed {r.seed}\n\nThe explanations in {f.parent} are of weights this "
-                             "run no longer has (it was rerun since): run `ablations explain` again.")
+            if not isinstance(rec, dict):
+                raise TypeError(f"a JSON {type(rec).__name__}, not an object")
+        except (OSError, TypeError, ValueError) as e:
+            yield r, f, None, f"{f}: unreadable ({type(e).__name__}: {e}); rerun `ablations explain`."
+            continue
+        if rec.get("weights") not in (None, weights_stamp(r.dir)):
+            yield r, f, None, (f"The explanations in {f.parent} are of weights this run no longer has (it was rerun "
+                               "since): run `ablations explain` again.")
+            continue
+        yield r, f, rec, None
+
+
+@SECTIONS.register("explanations")
+def render(run_list: list, out_dir: Path) -> str:
+    """Explanations: attribution maps per run and method, the sanity check's curves, LSTM cells."""
+    parts: list[str] = []
+    for r, f, rec, problem in _records(run_list):
+        tag = "-".join(str(p) for p in ("explain", r.config.get("preset") or "run", r.variant, f"s{r.seed}"))
+        try:
+            if problem:
+                parts.append(f"### {r.variant} seed {r.seed}\n\n{problem}")
             elif rec.get("kind") == "text":
                 parts.append(_text_part(r, rec, f.parent, Path(out_dir), tag))
             else:
@@ -111,17 +127,10 @@ def _took(rec: dict) -> str:
 
 def rows(run_list: list) -> list[dict]:
     """The explanations as flat rows (a CSV beside a digest): one per (run, method, randomisation step) of the sanity
-    check, one per picked LSTM cell."""
-    from ..explain import EXPLAIN_DIR, EXPLAIN_JSON
-
+    check, one per picked LSTM cell; stale or unreadable records give none (the section says why)."""
     out: list[dict] = []
-    for r in run_list:
-        f = r.dir / EXPLAIN_DIR / EXPLAIN_JSON
-        try:
-            rec = rt.read_json(f) if f.is_file() else None
-        except (OSError, ValueError):
-            rec = None  # the section says it is unreadable
-        if not rec:
+    for r, _, rec, problem in _records(run_list):
+        if problem:
             continue
         base = {"study": r.config.get("study"), "preset": r.config.get("preset"), "variant": r.variant,
                 "seed": r.seed}
