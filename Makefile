@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned, so the optional packages that depend on an unpinned torch keep this one
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -q -e '.[test,transfer,glove,explain]'
+	$(BIN)/python -m pip install -q -e '.[test,transfer,glove,explain,cluster]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -46,13 +46,32 @@ def test_confident_and_the_unlabeled_losses_by_hand():
     assert pseudo.tolist() == [0, 0, 2] and mask.tolist() == [True, False, True]  # softmax max: .91, .37, .99
     strong = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
     views = {id(z): z, id(strong): strong}
-    fake = SimpleNamespace(cfg=SimpleNamespace(method=SimpleNamespace(tau=0.8)), forward=lambda x: views[id(x)])
+    fake = SimpleNamespace(cfg=SimpleNamespace(method=SimpleNamespace(tau=0.8, dist_align=False)),
+                           forward=lambda x: views[id(x)])
+    fake.pseudo_labels = lambda logits: METHODS.get("fixmatch").pseudo_labels(fake, logits)
     want_fix = (F.cross_entropy(strong[0:1], torch.tensor([0])) + F.cross_entropy(strong[2:3], torch.tensor([2]))) / 3
     loss, p, m = METHODS.get("fixmatch").unlabeled_loss(fake, z, strong)
     assert loss.item() == pytest.approx(want_fix.item()) and p.tolist() == [0, 0, 2] and m.tolist() == [True, False, True]
     want_pl = (F.cross_entropy(z[0:1], torch.tensor([0])) + F.cross_entropy(z[2:3], torch.tensor([2]))) / 3
     loss, _, _ = METHODS.get("pseudolabel").unlabeled_loss(fake, z, None)
     assert loss.item() == pytest.approx(want_pl.item())
+
+
+def test_distribution_alignment_by_hand():
+    """dist_align: p * prior / running mean, renormalised, then the threshold; the running mean moves by
+    (1 - momentum) towards the batch's mean prediction at every call (a training step)."""
+    z = torch.log(torch.tensor([[0.90, 0.05, 0.05], [0.60, 0.30, 0.10]]))  # softmax gives these rows back
+    fake = SimpleNamespace(cfg=SimpleNamespace(method=SimpleNamespace(tau=0.7, dist_align=True, align_momentum=0.5)),
+                           p_prior=torch.full((3,), 1 / 3), p_model=torch.tensor([0.8, 0.1, 0.1]))
+    pseudo, mask = METHODS.get("fixmatch").pseudo_labels(fake, z)
+    p_model = 0.5 * torch.tensor([0.8, 0.1, 0.1]) + 0.5 * torch.tensor([0.75, 0.175, 0.075])
+    assert torch.allclose(fake.p_model, p_model)
+    q = torch.tensor([[0.90, 0.05, 0.05], [0.60, 0.30, 0.10]]) / p_model
+    q = q / q.sum(1, keepdim=True)  # row 0: class 0 still 0.55 (below 0.7); row 1: class 1 wins
+    assert pseudo.tolist() == q.argmax(1).tolist() == [0, 1]
+    assert mask.tolist() == (q.max(1).values >= 0.7).tolist()
+    # a model that predicts class 0 for everything is pushed off it: the collapse the option prevents
+    assert q[1].argmax() == 1 and torch.tensor([0.60, 0.30, 0.10]).argmax() == 0
 
 
 def test_cached_views_are_the_backbones_features_of_seeded_views(tmp_path):

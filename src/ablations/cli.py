@@ -38,13 +38,6 @@ def cmd_list(args) -> int:
     return 0
 
 
-def _line(cfg, res: dict, run_dir: Path) -> str:
-    metric = res.get(cfg.metric)
-    shown = f"{cfg.metric}={metric:.4g}" if isinstance(metric, (int, float)) else f"{cfg.metric}=n/a"
-    target = f" (target {cfg.target:g})" if cfg.target is not None else ""
-    return f"done {cfg.variant} seed {cfg.seed}: {shown}{target} in {res.get('wall_time', 0):.0f}s -> {run_dir}"
-
-
 def _config_changes(stored: dict, now: dict) -> list[str]:
     """Dotted keys whose values differ between a run's config.json and the config resolved now."""
     a, b = flatten(stored), flatten(now)
@@ -83,15 +76,65 @@ def _study_record(rd, sdir: Path, record: dict) -> None:
         raise RunError(f"cannot write to output dir {sdir}: {e.strerror or e}") from None
 
 
+def _executor(args):
+    """(the executor function, its typed Config) from --executor and its flags (--address, --cpus-per-run,
+    --gpus-per-run): a flag the executor has no option for is an error, not ignored."""
+    from dataclasses import fields
+
+    from .config import type_section
+    from .registry import EXECUTORS
+
+    entry = EXECUTORS.entry(args.executor)
+    given = {f: getattr(args, f) for f in ("address", "cpus_per_run", "gpus_per_run") if getattr(args, f) is not None}
+    known = {f.name for f in fields(entry.Config)}
+    for key in given:
+        if key not in known:
+            raise ConfigError(f"--{key.replace('_', '-')}: not an option of --executor {args.executor} (its options: "
+                              f"{', '.join('--' + k.replace('_', '-') for k in sorted(known)) or 'none'})")
+    opts = type_section("executor", given, entry.Config, {"": "command line"}, entry=args.executor)
+    if args.nproc > 1 and args.executor != "local":
+        raise ConfigError(f"--nproc {args.nproc}: one run over several processes needs --executor local")
+    return entry.obj, opts
+
+
+def _relaunch(args, nproc: int) -> int:
+    """`ablations run ... --nproc N`: the same command in N processes through torchrun (distributed.py).
+    Each process gets an equal share of the CPU's cores as torch threads unless OMP_NUM_THREADS is set."""
+    import subprocess
+
+    argv, skip = [], False
+    for a in args.argv:  # the command without --nproc (the processes see WORLD_SIZE instead)
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            argv.append(a)
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "ablations.cli", *argv]
+    return subprocess.run(cmd, env=env).returncode
+
+
 def cmd_run(args) -> int:
+    from . import distributed
     from . import rundir as rd
-    from .loop import run
+    from .executors import Planned
     from .report.render import write_report
+    from .runtime import select_device
     from .study import get_study, ref_dirs, run_dir_for, study_dir_for
 
     study = get_study(args.study)
     cfgs = study.resolve(args.preset, args.variant, args.seeds, _parse_sets(args.set))
     _check_applicable(cfgs)
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc {args.nproc}: must be >= 1")
+    execute, opts = _executor(args)
+    if args.nproc > 1 and not distributed.launched():
+        return _relaunch(args, args.nproc)
+    main = distributed.init(select_device(cfgs[0].train).type).main
+    say = print if main else (lambda *a, **k: None)  # one process of a distributed run speaks
     out = Path(args.out)
     plan = []
     for cfg in cfgs:  # decide every run's fate before the first starts: nothing is half-overwritten
@@ -106,10 +149,10 @@ def cmd_run(args) -> int:
                                f"--overwrite to rerun it, or another --out")
         pulled_in = bool(args.variant) and cfg.variant not in args.variant  # a run the asked-for ones reference
         if pulled_in and finished and not args.overwrite and not _config_changes(_stored_config(d), cfg.to_dict()):
-            print(f"skip {cfg.variant} seed {cfg.seed}: referenced, finished in {d}")
+            say(f"skip {cfg.variant} seed {cfg.seed}: referenced, finished in {d}")
             continue
         if args.continue_ and finished:
-            print(f"skip {cfg.variant} seed {cfg.seed}: finished in {d}")
+            say(f"skip {cfg.variant} seed {cfg.seed}: finished in {d}")
             continue
         if finished and not args.overwrite:
             raise RunError(f"{d} already holds a finished run; pass --overwrite to replace it, "
@@ -117,26 +160,32 @@ def cmd_run(args) -> int:
         resume = bool(args.continue_ and started and (d / rd.CHECKPOINT).exists())
         if started and not (resume or args.overwrite or args.continue_):
             raise RunError(f"{d} holds an unfinished run; `ablations resume {d}`, --continue or --overwrite")
-        plan.append((cfg, d, resume))
+        plan.append(Planned(cfg, d, resume, args.overwrite, ref_dirs(out, cfg)))
+    distributed.barrier()  # every process has planned before rank 0 writes anything
     t0 = time.time()
-    _study_record(rd, study_dir_for(out, study.name, cfgs[0].preset), {
-        "name": study.name, "title": study.title, "description": study.description, "notes": study.notes,
-        "file": str(study.path), "variants": list(study.variants), "sections": list(study.sections),
-        "compare": list(study.compare),
-        "metric": study.metric, "goal": study.goal})
-    for cfg, d, resume in plan:  # resolve() put every referenced run before the runs that need it
-        res = run(cfg, d, resume=resume, refs=ref_dirs(out, cfg), overwrite=args.overwrite, restart=not resume)
-        print(_line(cfg, res, d), flush=True)
+    if main:
+        _study_record(rd, study_dir_for(out, study.name, cfgs[0].preset), {
+            "name": study.name, "title": study.title, "description": study.description, "notes": study.notes,
+            "file": str(study.path), "variants": list(study.variants), "sections": list(study.sections),
+            "compare": list(study.compare),
+            "metric": study.metric, "goal": study.goal})
+    outcomes = execute(plan, opts)  # resolve() put every referenced run before the runs that need it
     sdir = study_dir_for(out, study.name, cfgs[0].preset)
-    if sdir.exists():
+    if main and sdir.exists():
         report = write_report(sdir)
         print(f"{len(plan)} run(s) in {time.time() - t0:.0f}s; report: {report}")
+    unfinished = [o for o in outcomes if o.status != "finished"]
+    if unfinished:
+        print(f"error: {len(unfinished)} of {len(plan)} run(s) did not finish (failed or skipped above); "
+              "fix the cause and re-run with --continue", file=sys.stderr)
+        return 1
     return 0
 
 
 def cmd_resume(args) -> int:
     from . import rundir as rd
     from .config import from_dict
+    from .executors import done_line
     from .loop import run
 
     target = Path(args.run_dir)
@@ -155,7 +204,7 @@ def cmd_resume(args) -> int:
         cfg = cfgs[d]
         has_ckpt = (d / rd.CHECKPOINT).exists()
         res = run(cfg, d, resume=has_ckpt, refs=refs[d], restart=not has_ckpt)  # no checkpoint yet: start over
-        print(_line(cfg, res, d), flush=True)
+        print(done_line(cfg, res, d), flush=True)
     return 0
 
 
@@ -208,6 +257,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--overwrite", action="store_true", help="replace finished runs")
     r.add_argument("--continue", dest="continue_", action="store_true",
                    help="skip finished runs, resume interrupted ones, run the rest")
+    r.add_argument("--executor", default="local", help="how the runs are carried out: local (default: one after "
+                   "another here) or ray (Ray tasks on a local instance or a cluster; docs/cluster.md)")
+    r.add_argument("--address", help="--executor ray: the cluster to join (auto | ray://HOST:PORT; default: "
+                   "start a local Ray instance)")
+    r.add_argument("--cpus-per-run", type=float, help="--executor ray: CPUs per run (default 1; also its "
+                   "torch threads)")
+    r.add_argument("--gpus-per-run", type=float, help="--executor ray: GPUs per run (default 0)")
+    r.add_argument("--nproc", type=int, default=1, help="train each run over N local processes (data parallel, "
+                   "gloo on CPU / nccl on GPUs, via torchrun; the batch size stays the global batch)")
     r.set_defaults(func=cmd_run)
     rs = sub.add_parser("resume", help="continue an interrupted run (or every unfinished run under a dir)")
     rs.add_argument("run_dir")
@@ -239,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if getattr(args, "data_dir", None):
         if not Path(args.data_dir).is_dir():
             print(f"error: --data-dir {args.data_dir}: not a folder", file=sys.stderr)
@@ -252,7 +311,10 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, FileNotFoundError, PermissionError) as e:
         if args.debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        from . import distributed
+
+        if distributed.current().main:  # every process of a distributed run raises it; one says it
+            print(f"error: {e}", file=sys.stderr)
         return 2
 
 

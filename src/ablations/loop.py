@@ -8,12 +8,14 @@ stopped. What is special about an algorithm lives in its Method (methods/*.py).
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
+from . import distributed
 from . import rundir as rd
 from . import runtime
 from .config import RunConfig
@@ -29,29 +31,32 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool = False, refs: Optional[dict
     may replace a finished run; `restart` an unfinished one (both decided again under the lock, so a run
     another process finished meanwhile is never replaced without --overwrite). `on_epoch(record)` sees each
     epoch's metrics record after its checkpoint (benches, early stops: an exception it raises stops the run
-    there, resumable like a crash)."""
+    there, resumable like a crash). In a distributed run (distributed.py) every process calls this; only
+    rank 0 locks, writes and evaluates."""
     run_dir = Path(run_dir)
     t_start, started = time.time(), time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RunError(f"cannot write to output dir {run_dir}: {e.strerror or e}") from None
-    for key, d in (refs or {}).items():
-        if not (d / rd.RESULT).exists():
-            raise RunError(f"{key} needs the finished run {d}, which has no {rd.RESULT}; run that variant first")
-    with rd.RunLock(run_dir):
-        if (run_dir / rd.RESULT).exists() and not overwrite:
-            raise RunError(f"{run_dir} already holds a finished run; pass --overwrite to replace it")
-        rd.prepare_run_dir(run_dir, overwrite=overwrite or restart, resume=resume)
+    main = distributed.current().main
+    with contextlib.ExitStack() as held:
+        error = None
+        if main:  # rank 0 alone prepares the run dir; the others raise its error with it (distributed.agree)
+            try:
+                _prepare(run_dir, refs, held, overwrite=overwrite, restart=restart, resume=resume)
+            except RunError as e:
+                error = str(e)
+        distributed.agree(error)
         rt = runtime.setup(cfg.train, cfg.seed)
         method = METHODS.get(cfg.method.name)(cfg, rt, run_dir, refs or {})
-        if not resume:  # the record of what runs, before the first step
+        if distributed.current().active and method.unshardable():
+            raise RunError(f"method {cfg.method.name} cannot run over several processes: {method.unshardable()}")
+        if not resume and main:  # the record of what runs, before the first step
             rd.write_json(run_dir / rd.CONFIG, cfg.to_dict())
             rd.write_json(run_dir / rd.ENV, {**runtime.environment(rt), **method.env()})
             method.write_inputs()
         done, began = False, {}  # began: set once training starts (a refused resume writes no record)
         try:
             result = _train(method, cfg, rt, run_dir, resume, began, on_epoch)
+            if not main:
+                return result
             result.update(method.finish(result))
             result["wall_time"] = time.time() - t_start  # this invocation; Run.wall_time sums them all
             result["resumed"] = resume
@@ -60,16 +65,33 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool = False, refs: Optional[dict
             rd.write_json(run_dir / rd.RESULT, result)  # written last: its presence marks a finished run
             done = True
         finally:
-            if began:
+            if began and main:
                 rd.record_invocation(run_dir, {"started": started, "wall_time": time.time() - t_start,
                                                "resumed_from_epoch": began["epoch"] - 1 if resume else None,
                                                "finished": done})
     return result
 
 
+def _prepare(run_dir: Path, refs: Optional[dict[str, Path]], held: contextlib.ExitStack, overwrite: bool,
+             restart: bool, resume: bool) -> None:
+    """Check the referenced runs, take the run dir's lock (held until `held` closes) and make the dir ready."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunError(f"cannot write to output dir {run_dir}: {e.strerror or e}") from None
+    for key, d in (refs or {}).items():
+        if not (d / rd.RESULT).exists():
+            raise RunError(f"{key} needs the finished run {d}, which has no {rd.RESULT}; run that variant first")
+    held.enter_context(rd.RunLock(run_dir))
+    if (run_dir / rd.RESULT).exists() and not overwrite:
+        raise RunError(f"{run_dir} already holds a finished run; pass --overwrite to replace it")
+    rd.prepare_run_dir(run_dir, overwrite=overwrite or restart, resume=resume)
+
+
 def _train(method, cfg: RunConfig, rt: runtime.Runtime, run_dir: Path, resume: bool, began: dict,
            on_epoch: Optional[Callable[[dict], None]] = None) -> dict:
     tc = cfg.train
+    main = distributed.current().main
     log = rd.MetricsLog(run_dir / rd.METRICS)
     key, goal = method.best
     best = {key: float("-inf") if goal == "max" else float("inf"), "epoch": 0}
@@ -77,6 +99,8 @@ def _train(method, cfg: RunConfig, rt: runtime.Runtime, run_dir: Path, resume: b
             "precision": rt.precision}
     if not method.trains:  # evaluation only: one record, epoch 0
         began["epoch"] = 1
+        if not main:
+            return {}
         t0 = time.time()
         rec = {"epoch": 0, "step": 0, **method.evaluate("val")}
         rec.update(epoch_time=time.time() - t0, time=time.time() - t0)
@@ -98,8 +122,10 @@ def _train(method, cfg: RunConfig, rt: runtime.Runtime, run_dir: Path, resume: b
             scaler.load_state_dict(ck["scaler"])
         method.load_state_dict(ck.get("method", {}))
         runtime.set_rng_state(ck["rng"])
-        log.truncate_after(ck["epoch"])
+        if main:
+            log.truncate_after(ck["epoch"])
         start_epoch, step, best = ck["epoch"] + 1, ck["step"], ck["best"]
+    distributed.broadcast_module(method.model)
     began["epoch"] = start_epoch
     elapsed = sum(r.get("epoch_time", 0.0) for r in log.read())
     lr = cfg.optim.lr
@@ -111,13 +137,14 @@ def _train(method, cfg: RunConfig, rt: runtime.Runtime, run_dir: Path, resume: b
         method.start_epoch(epoch)
         method.train_mode(True)
         sums: dict[str, torch.Tensor] = {}
-        bar = runtime.Progress(spe, f"{cfg.variant} epoch {epoch}/{tc.epochs}", tc.log_every)
+        bar = runtime.Progress(spe, f"{cfg.variant} epoch {epoch}/{tc.epochs}", tc.log_every, quiet=not main)
         for batch in method.batches(epoch, gen):
             lr = set_lr(opt, cfg.optim, lr_factor(step, total, spe, cfg.optim))
             with rt.autocast():
-                loss, stats = method.train_step(batch)
+                loss, stats = method.train_step(distributed.shard(batch))  # the whole batch in one process
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            loss = distributed.average_gradients(net, loss)  # over the processes (no-op in one process)
             if cfg.optim.clip_grad:
                 scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.clip_grad)
@@ -132,16 +159,19 @@ def _train(method, cfg: RunConfig, rt: runtime.Runtime, run_dir: Path, resume: b
         bar.close()
         train_time = time.time() - t0
         method.train_mode(False)
+        sums = distributed.sum_stats(sums)
         rec = {"epoch": epoch, "step": step, "lr": lr,
-               **method.summarize({k: float(v) for k, v in sums.items()}, train_time), **method.evaluate("val")}
+               **method.summarize({k: float(v) for k, v in sums.items()}, train_time),
+               **(method.evaluate("val") if main else {})}
         elapsed += time.time() - t0
         rec.update(epoch_time=time.time() - t0, time=elapsed)
         v = rec.get(key)
         if v is not None and (v > best[key] if goal == "max" else v < best[key]):
             best = {key: v, "epoch": epoch}
-        log.append(rec)
-        runtime.log_epoch(cfg.variant, rec, tc.epochs)
-        if epoch % tc.checkpoint_every == 0 or epoch == tc.epochs:
+        if main:
+            log.append(rec)
+            runtime.log_epoch(cfg.variant, rec, tc.epochs)
+        if main and (epoch % tc.checkpoint_every == 0 or epoch == tc.epochs):
             state = {"model": method.model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
                      "step": step, "best": best, "rng": runtime.rng_state(), "method": method.state_dict()}
             if scaler.is_enabled():

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, Optional
 from .errors import UserError
 
 PLUGIN_PACKAGES = ("ablations.data", "ablations.models", "ablations.methods", "ablations.losses",
-                   "ablations.report")
+                   "ablations.report", "ablations.executors")
 
 
 class UnknownName(UserError, KeyError):
@@ -90,6 +90,7 @@ METHODS = Registry("method")  # training algorithms (methods/*.py)
 LOSSES = Registry("loss")
 AUGS = Registry("augmentation")
 SECTIONS = Registry("report section")
+EXECUTORS = Registry("executor")  # how a study's runs are carried out (executors/*.py)
 
 _loaded = False
 

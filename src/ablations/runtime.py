@@ -16,6 +16,7 @@ from typing import Iterable, Optional
 
 import torch
 
+from . import distributed
 from .config import TrainConfig
 from .errors import RunError
 
@@ -113,7 +114,7 @@ def setup(tc: TrainConfig, seed: int) -> Runtime:
     """The first lines of every run: torch threads, device, autocast dtype, seeds."""
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    device = select_device(tc)
+    device = distributed.device_for(select_device(tc))  # a distributed CUDA run: this process's GPU
     seed_all(seed)
     return Runtime(device, amp_dtype(tc, device), use_channels_last(tc, device))
 
@@ -187,6 +188,9 @@ def environment(rt: Runtime) -> dict:
         "precision": str(dtype).replace("torch.", "") if dtype else "fp32",
         "channels_last": channels_last,
         "hostname": platform.node(),
+        # one run over several processes (distributed.py): how many, and how they talk
+        "processes": distributed.current().world,
+        "process_backend": distributed.current().backend,
         "argv": sys.argv,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -194,15 +198,16 @@ def environment(rt: Runtime) -> dict:
 
 
 class Progress:
-    """A tqdm bar on a terminal; a plain line every `log_every` steps otherwise."""
+    """A tqdm bar on a terminal; a plain line every `log_every` steps otherwise; nothing when `quiet` (the
+    processes of a distributed run other than rank 0)."""
 
-    def __init__(self, total: int, desc: str, log_every: int = 50, stream=None):
+    def __init__(self, total: int, desc: str, log_every: int = 50, stream=None, quiet: bool = False):
         self.stream = stream or sys.stderr
-        self.total, self.desc, self.log_every = total, desc, max(1, log_every)
+        self.total, self.desc, self.log_every, self.quiet = total, desc, max(1, log_every), quiet
         self.n = 0
         self.t0 = time.time()
         self.bar = None
-        if self.stream.isatty() and not os.environ.get("ABLATIONS_PLAIN"):
+        if self.stream.isatty() and not os.environ.get("ABLATIONS_PLAIN") and not quiet:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, desc=desc, leave=False, file=self.stream, dynamic_ncols=True)
@@ -213,7 +218,7 @@ class Progress:
             self.bar.update(n)
             if postfix:
                 self.bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
-        elif self.n % self.log_every == 0 or self.n == self.total:
+        elif not self.quiet and (self.n % self.log_every == 0 or self.n == self.total):
             rate = self.n / max(time.time() - self.t0, 1e-9)
             extra = " ".join(f"{k}={v:.4g}" for k, v in postfix.items())
             print(f"{self.desc} step {self.n}/{self.total} {extra} ({rate:.1f} it/s)", file=self.stream, flush=True)

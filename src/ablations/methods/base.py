@@ -51,6 +51,11 @@ class Method:
     def write_inputs(self) -> None:
         """Files a fresh run writes next to config.json before the first step (a vocabulary, ...)."""
 
+    def unshardable(self) -> Optional[str]:
+        """Why this run cannot train over several processes (distributed.py), or None. Per-example state kept
+        in train_step (forgetting counts, ...) sees only a process's shard of each batch."""
+        return None
+
     def trainable(self) -> nn.Module:
         """The module whose parameters the optimiser updates (param groups come from optim.param_groups)."""
         return self.model

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..registry import METHODS
-from .semisup import SemiSupervised, confident
+from .semisup import SemiSupervised
 
 
 @METHODS.register("fixmatch")
@@ -18,6 +18,6 @@ class FixMatch(SemiSupervised):
 
     def unlabeled_loss(self, uw: torch.Tensor, us: torch.Tensor):
         with torch.no_grad():  # the weak view only makes the target
-            pseudo, mask = confident(self.forward(uw), self.cfg.method.tau)
+            pseudo, mask = self.pseudo_labels(self.forward(uw))
         loss = (F.cross_entropy(self.forward(us).float(), pseudo, reduction="none") * mask).mean()
         return loss, pseudo, mask

@@ -186,12 +186,13 @@ class LanguageModel(Method):
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())  # nats/token, fp32
         if self.cfg.method.carry_state:  # next batch row b continues this row's text (see sample_offsets)
             self.state = detach_state(new_state)
-        return loss, {"n": torch.tensor(1.0), "loss": loss.detach()}
+        # sums over the batch's rows (n: rows), so that the shards of a distributed run add up
+        return loss, {"n": torch.tensor(float(x.shape[0])), "loss": loss.detach() * x.shape[0]}
 
     def summarize(self, sums: dict[str, float], train_time: float) -> dict[str, float]:
-        spe = max(sums["n"], 1.0)
-        return {"train_loss": sums["loss"] / spe / self.cpt["train"],
-                "tokens_per_s": spe * self.B * self.T / max(train_time, 1e-9)}
+        rows = max(sums["n"], 1.0)
+        return {"train_loss": sums["loss"] / rows / self.cpt["train"],
+                "tokens_per_s": rows * self.T / max(train_time, 1e-9)}
 
     def evaluate(self, split: str) -> dict[str, float]:
         v = evaluate(self.model, getattr(self.data, split), self.rt.device, self.rt.dtype) / self.cpt[split]

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ..registry import METHODS
-from .semisup import SemiSupervised, confident
+from .semisup import SemiSupervised
 
 
 @METHODS.register("pseudolabel")
@@ -16,6 +16,6 @@ class PseudoLabel(SemiSupervised):
 
     def unlabeled_loss(self, uw: torch.Tensor, us):
         logits = self.forward(uw)
-        pseudo, mask = confident(logits, self.cfg.method.tau)
+        pseudo, mask = self.pseudo_labels(logits)
         loss = (F.cross_entropy(logits.float(), pseudo, reduction="none") * mask).mean()
         return loss, pseudo, mask

@@ -43,6 +43,12 @@ class SemiSupConfig(FinetuneConfig):
     unsup_warmup: float = opt(0.0, "epochs over which the unlabeled weight ramps linearly from 0 to lambda_u", ge=0)
     views: int = opt(4, "frozen backbone: augmented views per image (per pipeline) whose features are computed once",
                      ge=1)
+    dist_align: bool = opt(False, "distribution alignment (ReMixMatch; USB's FixMatch+DA): the weak view's class "
+                           "probabilities times (labeled class prior / running mean of the predictions on unlabeled "
+                           "images), renormalised, before the threshold; keeps pseudo-labels from collapsing onto a "
+                           "few classes when labels are very few")
+    align_momentum: float = opt(0.999, "dist_align: momentum of the running mean of the predictions (per step)",
+                                ge=0, lt=1)
 
 
 class SemiSupervised(Finetune):
@@ -80,6 +86,12 @@ class SemiSupervised(Finetune):
                            f"{cfg.data.labeled_fraction}, labeled_per_class {cfg.data.labeled_per_class})")
         self.n_unlabeled = len(d.unlabeled_x)
         self.uy = d.unlabeled_y.to(dev)
+        # distribution alignment: the labeled classes' shares (the target) and the running mean of the model's
+        # predictions on unlabeled images (method state: checkpointed), both (C,)
+        n_cls = len(d.classes)
+        counts = torch.bincount(d.train_y.long(), minlength=n_cls).float().to(dev)
+        self.p_prior = counts / counts.sum()
+        self.p_model = torch.full((n_cls,), 1.0 / n_cls, device=dev)
         self.strong = build_pipeline(cfg.data.aug.get("strong", []))
         # B labeled (fewer when the labeled set is smaller) and mu * batch_size unlabeled images per step
         self.ubs = mc.mu * cfg.train.batch_size
@@ -156,6 +168,27 @@ class SemiSupervised(Finetune):
                 xl, uw = self.prep(self.tx[li], gen), self.prep(u, gen)
                 us = self.prep(u, gen, self.strong) if self.needs_strong else None
             yield xl, self.ty[li], uw, us, self.uy[ui], progress
+
+    def pseudo_labels(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pseudo-labels (U,), mask (U,) bool) of the weak view's (U, C) logits: the argmax, and where its
+        probability reaches tau; with dist_align, of the aligned probabilities. No gradient."""
+        mc = self.cfg.method
+        if not mc.dist_align:
+            return confident(logits, mc.tau)
+        p = F.softmax(logits.detach().float(), dim=1)
+        # called from train_step only: every training step moves the running mean
+        self.p_model.mul_(mc.align_momentum).add_(p.mean(0), alpha=1 - mc.align_momentum)
+        p = p * (self.p_prior / self.p_model.clamp_min(1e-6))
+        conf, pseudo = (p / p.sum(1, keepdim=True)).max(dim=1)
+        return pseudo, conf >= mc.tau
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "p_model": self.p_model.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if "p_model" in state:
+            self.p_model.copy_(state["p_model"])
 
     def unlabeled_loss(self, uw: torch.Tensor, us: Optional[torch.Tensor]
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -270,6 +270,11 @@ class Supervised(Method):
             for k, v in state["forget"].items():
                 self.forget[k].copy_(v)
 
+    def unshardable(self) -> Optional[str]:
+        if self.forget is not None:
+            return "forgetting events are counted per example in train_step, which sees one shard of each batch"
+        return None
+
     def train_step(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x, y = batch[0], batch[1]
         out = self.forward(x)

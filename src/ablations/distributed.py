@@ -1,0 +1,176 @@
+"""One run over several processes (data parallel): torch.distributed with gloo on the CPU, nccl on GPUs.
+
+How a distributed run relates to the single-process run with the same config:
+- every process builds the same data and model (same seeds) and draws the same global batches; each process
+  then trains on its contiguous shard of every batch tensor (rows rank*B/N .. (rank+1)*B/N); the gradients
+  (and the loss, for the NaN stop and the log) are averaged over the processes before the optimiser step.
+  `train.batch_size` stays the GLOBAL batch: the optimiser sees the same mean gradient, so the loss curve is
+  the single-process one up to float summation order -- for models whose forward treats the examples of a batch
+  independently. What looks at the whole batch sees the shard instead: batch-norm statistics (per shard, as
+  in torch's DistributedDataParallel without SyncBatchNorm), MixUp/CutMix partners, dropout masks (drawn per
+  process from the same seed).
+- only rank 0 takes the run dir's lock, evaluates, writes the run files and checkpoints; every process
+  reads the checkpoint on resume, so resuming works as in one process.
+- the epoch's summed statistics are summed over the processes before rank 0 writes them.
+
+Launch: `ablations run ... --nproc N` starts N local processes through torchrun; `torchrun --nproc-per-node N
+-m ablations.cli run ...` (or a multi-node torchrun) works too: the processes find each other through
+torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT).
+
+A leaf module: torch and ablations.errors only.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+import torch.distributed as tdist
+
+from .errors import RunError
+
+ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    backend: Optional[str] = None
+
+    @property
+    def main(self) -> bool:
+        """The process that writes the run dir and prints (rank 0; also the only one of a plain run)."""
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+
+_current = Dist()
+
+
+def current() -> Dist:
+    return _current
+
+
+def launched() -> bool:
+    """True in a process started by torchrun with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+
+
+def init(device_type: str) -> Dist:
+    """Join the process group torchrun described in the environment (once per process): gloo for CPU runs,
+    nccl for CUDA ones. A single process (no WORLD_SIZE > 1) gets the trivial Dist."""
+    global _current
+    if _current.active or not launched():
+        return _current
+    missing = [v for v in ENV_VARS if v not in os.environ]
+    if missing:
+        raise RunError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but {', '.join(missing)} not set: launch the "
+                       "processes with torchrun (or `ablations run ... --nproc N`)")
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    if not tdist.is_initialized():
+        tdist.init_process_group(backend=backend)
+    _current = Dist(tdist.get_rank(), tdist.get_world_size(), int(os.environ["LOCAL_RANK"]), backend)
+    return _current
+
+
+def device_for(device: torch.device) -> torch.device:
+    """A CUDA run's process uses its own GPU (LOCAL_RANK); CPU processes share the CPU."""
+    d = current()
+    if d.active and device.type == "cuda":
+        torch.cuda.set_device(d.local_rank)
+        return torch.device("cuda", d.local_rank)
+    return device
+
+
+def _comm_device() -> torch.device:
+    return torch.device("cuda", current().local_rank) if current().backend == "nccl" else torch.device("cpu")
+
+
+def shard(batch: Any) -> Any:
+    """This process's rows of every batch tensor (tuples, lists and dicts are walked; scalars, 0-d tensors and
+    None pass through). Each tensor's first dimension must divide by the number of processes: equal shards
+    keep the mean of the shards' mean losses equal to the global batch's mean loss."""
+    d = current()
+    if not d.active:
+        return batch
+    if isinstance(batch, torch.Tensor):
+        if batch.ndim == 0:
+            return batch
+        n = batch.shape[0]
+        if n % d.world:
+            raise RunError(f"a batch of {n} rows does not split evenly over {d.world} processes: make the batch "
+                           f"sizes (train.batch_size, and the method's unlabeled batch) multiples of {d.world}")
+        k = n // d.world
+        return batch[d.rank * k:(d.rank + 1) * k]
+    if isinstance(batch, tuple):
+        return tuple(shard(b) for b in batch)
+    if isinstance(batch, list):
+        return [shard(b) for b in batch]
+    if isinstance(batch, dict):
+        return {k: shard(v) for k, v in batch.items()}
+    return batch
+
+
+def average_gradients(module: torch.nn.Module, loss: torch.Tensor) -> torch.Tensor:
+    """Average the gradients of `module` and the loss over the processes, in one all-reduce of one flat
+    buffer (per-parameter calls cost a round trip each). Returns the averaged loss (detached)."""
+    if not current().active:
+        return loss.detach()
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    flat = torch.cat([g.reshape(-1).float() for g in grads] + [loss.detach().float().reshape(1)])
+    flat = flat.to(_comm_device())
+    tdist.all_reduce(flat)  # SUM: then divided by the number of processes
+    flat /= current().world
+    i = 0
+    for g in grads:
+        g.copy_(flat[i:i + g.numel()].view_as(g))
+        i += g.numel()
+    return flat[-1].to(loss.device)
+
+
+def sum_stats(sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An epoch's summed train_step statistics, summed over the processes as well (sorted keys: every
+    process packs them in the same order)."""
+    if not current().active or not sums:
+        return sums
+    keys = sorted(sums)
+    flat = torch.stack([torch.as_tensor(sums[k]).detach().float().reshape(()).cpu() for k in keys]).to(_comm_device())
+    tdist.all_reduce(flat)
+    return {k: flat[i].cpu() for i, k in enumerate(keys)}
+
+
+def broadcast_module(module: torch.nn.Module) -> None:
+    """Rank 0's parameters and buffers on every process (they start equal from the seed; this makes sure)."""
+    if not current().active:
+        return
+    with torch.no_grad():
+        for t in list(module.parameters()) + list(module.buffers()):
+            if t.is_floating_point() or t.dtype in (torch.int64, torch.int32):
+                buf = t.detach().to(_comm_device())
+                tdist.broadcast(buf, 0)
+                if buf.data_ptr() != t.data_ptr():
+                    t.copy_(buf)
+
+
+def agree(error: Optional[str]) -> None:
+    """Rank 0's error (or None) on every process: all of them raise it together rather than leave the others
+    waiting at the next collective."""
+    if not current().active:
+        if error:
+            raise RunError(error)
+        return
+    box = [error]
+    tdist.broadcast_object_list(box, src=0)
+    if box[0]:
+        raise RunError(box[0])
+
+
+def barrier() -> None:
+    if current().active:
+        tdist.barrier()
