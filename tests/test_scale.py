@@ -200,11 +200,17 @@ def test_ray_a_failed_run_does_not_stop_the_others(study, tmp_path, local_ray, c
     assert main(["run", str(broken), "--preset", "smoke", "--out", str(tmp_path), "--executor", "ray"]) == 1
     captured = capsys.readouterr()
     assert "failed exploding seed 0: loss became" in captured.out
+    failure = tmp_path / "scale/smoke/exploding/seed0/failure.txt"
+    assert "Traceback" in failure.read_text() and str(failure) in captured.out  # the whole story, one line
     assert "ray: 2 finished, 1 failed, 0 skipped" in captured.out
     assert "1 of 3 run(s) did not finish" in captured.err
     for v in ("plain", "wider"):
         assert (tmp_path / f"scale/smoke/{v}/seed0/result.json").exists()
     assert (tmp_path / "scale/smoke/report.md").exists()
+    # a run no node can hold: one line, not a driver waiting forever
+    assert main(["run", str(study), "--preset", "smoke", "--out", str(tmp_path / "big"), "--executor", "ray",
+                 "--cpus-per-run", "3"]) == 2
+    assert "no Ray node has that much (the largest: 2 CPUs, 0 GPUs)" in capsys.readouterr().err
 
 
 def test_ray_continue_after_the_driver_is_killed(study, tmp_path):
@@ -235,3 +241,21 @@ def test_ray_continue_after_the_driver_is_killed(study, tmp_path):
     inv = [json.loads(x) for x in (second.parent / "invocations.jsonl").read_text().splitlines()]
     assert inv[-1]["resumed_from_epoch"] >= 1 and inv[-1]["finished"]  # resumed, not started over
     assert (tmp_path / "scale/smoke/report.md").exists()
+
+
+def test_a_dead_hosts_lock_is_dropped_on_that_host(tmp_path):
+    """What the driver asks a lock holder's host (executors/ray_cluster.py): drop the lock when its process
+    is gone, keep it while it lives or once it changed."""
+    from ablations import rundir as rd
+    from ablations.executors.ray_cluster import _drop_lock_if_dead
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    seen = {"pid": dead.pid, "host": socket.gethostname(), "started": "then", "token": "t"}
+    (tmp_path / rd.LOCK).write_text(json.dumps(seen))
+    assert _drop_lock_if_dead(str(tmp_path), {**seen, "token": "other"}) is None  # not the lock it saw
+    assert _drop_lock_if_dead(str(tmp_path), seen) == str(tmp_path / rd.LOCK)
+    assert not (tmp_path / rd.LOCK).exists()
+    alive = {**seen, "pid": os.getpid()}
+    (tmp_path / rd.LOCK).write_text(json.dumps(alive))
+    assert _drop_lock_if_dead(str(tmp_path), alive) is None and (tmp_path / rd.LOCK).exists()

@@ -161,7 +161,9 @@ def cmd_run(args) -> int:
         if started and not (resume or args.overwrite or args.continue_):
             raise RunError(f"{d} holds an unfinished run; `ablations resume {d}`, --continue or --overwrite")
         plan.append(Planned(cfg, d, resume, args.overwrite, ref_dirs(out, cfg)))
-    distributed.barrier()  # every process has planned before rank 0 writes anything
+    # rank 0's plan for every process (one decision, even where the processes' views of --out differ), made
+    # before rank 0 writes anything
+    plan = distributed.same_everywhere(plan)
     t0 = time.time()
     if main:
         _study_record(rd, study_dir_for(out, study.name, cfgs[0].preset), {
@@ -313,8 +315,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         from . import distributed
 
-        if distributed.current().main:  # every process of a distributed run raises it; one says it
+        d = distributed.current()
+        if d.main:
             print(f"error: {e}", file=sys.stderr)
+        elif not isinstance(e, distributed.RelayedError):  # rank 0 says the errors it relayed; not this one
+            print(f"error (process {d.rank}): {e}", file=sys.stderr)
         return 2
 
 

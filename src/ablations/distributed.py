@@ -21,6 +21,7 @@ A leaf module: torch and ablations.errors only.
 """
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -31,6 +32,13 @@ import torch.distributed as tdist
 from .errors import RunError
 
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+# How long a process waits in a collective: the others wait there while rank 0 evaluates, checkpoints, runs a
+# run's final test evaluation and prepares the next run (minutes on a CPU; torch's default for nccl is 10 min)
+TIMEOUT = datetime.timedelta(minutes=float(os.environ.get("ABLATIONS_DIST_TIMEOUT_MIN", "120")))
+
+
+class RelayedError(RunError):
+    """Rank 0's error, raised on the other processes too (distributed.agree): rank 0 alone reports it."""
 
 
 @dataclass(frozen=True)
@@ -73,10 +81,20 @@ def init(device_type: str) -> Dist:
         raise RunError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but {', '.join(missing)} not set: launch the "
                        "processes with torchrun (or `ablations run ... --nproc N`)")
     backend = "nccl" if device_type == "cuda" else "gloo"
+    local_rank = int(os.environ["LOCAL_RANK"])
     if not tdist.is_initialized():
-        tdist.init_process_group(backend=backend)
-    _current = Dist(tdist.get_rank(), tdist.get_world_size(), int(os.environ["LOCAL_RANK"]), backend)
+        kw = {}
+        if backend == "nccl":  # this process's GPU before the first collective (else every one uses cuda:0)
+            torch.cuda.set_device(local_rank)
+            kw["device_id"] = torch.device("cuda", local_rank)
+        tdist.init_process_group(backend=backend, timeout=TIMEOUT, **kw)
+    _current = Dist(tdist.get_rank(), tdist.get_world_size(), local_rank, backend)
     return _current
+
+
+def local_world() -> int:
+    """Processes of this run on this machine (torchrun's LOCAL_WORLD_SIZE): they share its CPU cores."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", current().world) or 1) if current().active else 1
 
 
 def device_for(device: torch.device) -> torch.device:
@@ -134,6 +152,24 @@ def average_gradients(module: torch.nn.Module, loss: torch.Tensor) -> torch.Tens
     return flat[-1].to(loss.device)
 
 
+def mean_over_processes(t: torch.Tensor) -> torch.Tensor:
+    """The mean of `t` over the processes (every process must call it at the same point of its step)."""
+    if not current().active:
+        return t
+    buf = t.detach().float().to(_comm_device())
+    tdist.all_reduce(buf)
+    return (buf / current().world).to(t.device, t.dtype)
+
+
+def same_everywhere(obj: Any) -> Any:
+    """Rank 0's `obj` on every process (a picklable object: a study's plan, decided once)."""
+    if not current().active:
+        return obj
+    box = [obj]
+    tdist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def sum_stats(sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """An epoch's summed train_step statistics, summed over the processes as well (sorted keys: every
     process packs them in the same order)."""
@@ -168,7 +204,7 @@ def agree(error: Optional[str]) -> None:
     box = [error]
     tdist.broadcast_object_list(box, src=0)
     if box[0]:
-        raise RunError(box[0])
+        raise RunError(box[0]) if current().main else RelayedError(box[0])
 
 
 def barrier() -> None:

@@ -36,6 +36,9 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool = False, refs: Optional[dict
     run_dir = Path(run_dir)
     t_start, started = time.time(), time.strftime("%Y-%m-%dT%H:%M:%S%z")
     main = distributed.current().main
+    why = METHODS.get(cfg.method.name).unshardable(cfg) if distributed.current().active else None
+    if why:  # before the run dir is touched (--overwrite would have deleted a finished run)
+        raise RunError(f"method {cfg.method.name} cannot run over several processes: {why}")
     with contextlib.ExitStack() as held:
         error = None
         if main:  # rank 0 alone prepares the run dir; the others raise its error with it (distributed.agree)
@@ -46,8 +49,6 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool = False, refs: Optional[dict
         distributed.agree(error)
         rt = runtime.setup(cfg.train, cfg.seed)
         method = METHODS.get(cfg.method.name)(cfg, rt, run_dir, refs or {})
-        if distributed.current().active and method.unshardable():
-            raise RunError(f"method {cfg.method.name} cannot run over several processes: {method.unshardable()}")
         if not resume and main:  # the record of what runs, before the first step
             rd.write_json(run_dir / rd.CONFIG, cfg.to_dict())
             rd.write_json(run_dir / rd.ENV, {**runtime.environment(rt), **method.env()})

@@ -35,6 +35,7 @@ LABELS = "labels.pt"  # label-noise runs: the training labels as given (noisy) a
 # What --overwrite may delete: the files a run writes, nothing else the user keeps in the folder.
 RUN_FILES = (CONFIG, ENV, METRICS, CHECKPOINT, FINAL, RESULT, INVOCATIONS,
              "test_predictions.pt", "samples.json", "samples.md", SCORES, LABELS)
+FAILURE = "failure.txt"  # a failed Ray task's traceback (executors/ray_cluster.py); removed when the run starts again
 
 
 # ---------------------------------------------------------------- atomic writes
@@ -260,6 +261,16 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def lock_holder(run_dir: Path) -> Optional[dict]:
+    """{pid, host, started} of the process holding run_dir's lock, or None (no lock, or an unreadable one)."""
+    return _read_lock(Path(run_dir) / LOCK)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` of THIS host lives."""
+    return _pid_alive(pid)
+
+
 def _busy_error(run_dir: Path, info: dict) -> RunError:
     pid, host, since = info.get("pid"), info.get("host", "?"), info.get("started", "?")
     if host != socket.gethostname():
@@ -401,6 +412,8 @@ def prepare_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
     if info is not None and not (info.get("pid") == os.getpid() and info.get("host") == socket.gethostname()) \
             and _held_by_other(info):
         raise _busy_error(run_dir, info)
+    with contextlib.suppress(OSError):
+        (run_dir / FAILURE).unlink()  # the last attempt's failure: this one starts or resumes
     if resume:
         if not (run_dir / CONFIG).is_file():
             raise RunError(f"{run_dir}: not a run directory (no {CONFIG}); start the run without resume")

@@ -112,8 +112,8 @@ def use_channels_last(tc: TrainConfig, device: torch.device) -> bool:
 
 def setup(tc: TrainConfig, seed: int) -> Runtime:
     """The first lines of every run: torch threads, device, autocast dtype, seeds."""
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
+    if tc.threads:  # the processes of a distributed run on this machine share them
+        torch.set_num_threads(max(1, tc.threads // distributed.local_world()))
     device = distributed.device_for(select_device(tc))  # a distributed CUDA run: this process's GPU
     seed_all(seed)
     return Runtime(device, amp_dtype(tc, device), use_channels_last(tc, device))

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Optional
 
 from .. import distributed
+from .. import rundir as rd
 from ..config import FieldError, Section, from_dict, opt
 from ..errors import ConfigError, RunError
 from ..registry import EXECUTORS
@@ -52,6 +53,8 @@ def _task(cfg_dict: dict, run_dir: str, resume: bool, overwrite: bool, refs: dic
 
     from ..loop import run
 
+    import traceback
+
     if not Path(probe).exists():
         raise RunError(f"--out {Path(probe).parent} is not shared storage: node {socket.gethostname()} cannot see "
                        "it; mount it on every node at the same path")
@@ -59,8 +62,57 @@ def _task(cfg_dict: dict, run_dir: str, resume: bool, overwrite: bool, refs: dic
     if not cfg.train.threads:
         torch.set_num_threads(threads)  # Ray reserved this many CPUs for the run
     sys.argv = list(argv)  # env.json records the command that asked for the run, not Ray's worker script
-    return run(cfg, Path(run_dir), resume=resume, refs={k: Path(v) for k, v in refs.items()},
-               overwrite=overwrite, restart=not resume)
+    failure = Path(run_dir) / rd.FAILURE  # the traceback of a failure (the driver prints one line)
+    try:
+        return run(cfg, Path(run_dir), resume=resume, refs={k: Path(v) for k, v in refs.items()},
+                   overwrite=overwrite, restart=not resume)
+    except BaseException:
+        try:
+            rd.atomic_write_text(failure, f"{socket.gethostname()} pid {os.getpid()}\n{traceback.format_exc()}")
+        except OSError:
+            pass
+        raise
+
+
+def _clear_stale_locks(ray, plan: list[Planned]) -> None:
+    """A run dir locked by a process on another host (a task of a driver that crashed) cannot be checked from
+    here: ask that host, through a one-CPU task pinned to its Ray node, whether the process still lives, and
+    remove the lock if it does not. Hosts that are not (alive) Ray nodes are left alone: the run then says
+    which lock to delete."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = socket.gethostname()
+    nodes = {n.get("NodeManagerHostname"): n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+    checks = []
+    for p in plan:
+        info = rd.lock_holder(p.dir)
+        host = (info or {}).get("host")
+        if info and host != here and host in nodes:
+            strategy = NodeAffinitySchedulingStrategy(nodes[host], soft=False)
+            check = ray.remote(_drop_lock_if_dead).options(num_cpus=0, scheduling_strategy=strategy, max_retries=0)
+            checks.append(check.remote(str(p.dir), info))
+    for dropped in ray.get(checks):
+        if dropped:
+            print(f"removed the stale lock {dropped} (its process is gone)", flush=True)
+
+
+def _drop_lock_if_dead(run_dir: str, seen: dict) -> Optional[str]:
+    """On the lock holder's host: remove run_dir's lock when it is still `seen` and its process is dead."""
+    if rd.lock_holder(Path(run_dir)) != seen or rd.process_alive(int(seen["pid"])):
+        return None
+    lock = Path(run_dir) / rd.LOCK
+    lock.unlink(missing_ok=True)
+    return str(lock)
+
+
+def _check_fits(ray, opts: RayConfig) -> None:
+    """One line instead of a driver that waits forever for a node big enough for one run."""
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    cpus = max((r.get("CPU", 0) for r in nodes), default=0)
+    gpus = max((r.get("GPU", 0) for r in nodes), default=0)
+    if opts.cpus_per_run > cpus or opts.gpus_per_run > gpus:
+        raise ConfigError(f"--cpus-per-run {opts.cpus_per_run:g} --gpus-per-run {opts.gpus_per_run:g}: no Ray node "
+                          f"has that much (the largest: {cpus:g} CPUs, {gpus:g} GPUs), so no run could start")
 
 
 def _connect(ray, opts: RayConfig) -> bool:
@@ -72,12 +124,13 @@ def _connect(ray, opts: RayConfig) -> bool:
     env["ABLATIONS_PLAIN"] = "1"
     kw = dict(runtime_env={"env_vars": env}, include_dashboard=False, log_to_driver=False,
               configure_logging=False)
-    if opts.address is None:  # a local instance: small object store (results are a few KB)
-        kw["object_store_memory"] = 256 * 2**20
+    if opts.address is None and not os.environ.get("RAY_ADDRESS"):  # a new local instance: small object store
+        kw["object_store_memory"] = 256 * 2**20  # (results are a few KB)
     try:
         ray.init(address=opts.address, **kw)
-    except ConnectionError as e:
-        raise RunError(f"--address {opts.address}: cannot connect to a Ray cluster ({e})") from None
+    except (ConnectionError, ValueError, RuntimeError) as e:
+        where = opts.address or os.environ.get("RAY_ADDRESS") or "a local instance"
+        raise RunError(f"--executor ray: cannot start or join Ray ({where}): {error_text(e)}") from None
     return True
 
 
@@ -101,6 +154,8 @@ def ray_executor(plan: list[Planned], opts: RayConfig) -> list[Outcome]:
     connected = _connect(ray, opts)
     probes = []
     try:
+        _check_fits(ray, opts)
+        _clear_stale_locks(ray, plan)
         for root in roots:
             root.mkdir(parents=True, exist_ok=True)
             probes.append(root / f"{PROBE}-{secrets.token_hex(4)}")
@@ -150,7 +205,8 @@ def _schedule(ray, remote, plan: list[Planned], probe: dict, threads: int) -> li
                 res = ray.get(ref)
             except Exception as e:  # the run's own error (RayTaskError) or its worker's death
                 o = ended[p.dir] = Outcome(p, "failed", error=error_text(_cause(e)))
-                print(f"failed {p.cfg.variant} seed {p.cfg.seed}: {o.error} ({p.dir})", flush=True)
+                where = p.dir / rd.FAILURE if (p.dir / rd.FAILURE).exists() else p.dir
+                print(f"failed {p.cfg.variant} seed {p.cfg.seed}: {o.error} ({where})", flush=True)
             else:
                 ended[p.dir] = Outcome(p, "finished", res)
                 print(done_line(p.cfg, res, p.dir), flush=True)

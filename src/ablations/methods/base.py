@@ -51,9 +51,11 @@ class Method:
     def write_inputs(self) -> None:
         """Files a fresh run writes next to config.json before the first step (a vocabulary, ...)."""
 
-    def unshardable(self) -> Optional[str]:
-        """Why this run cannot train over several processes (distributed.py), or None. Per-example state kept
-        in train_step (forgetting counts, ...) sees only a process's shard of each batch."""
+    @classmethod
+    def unshardable(cls, cfg: RunConfig) -> Optional[str]:
+        """Why a run of `cfg` cannot train over several processes (distributed.py), or None; asked before the
+        run dir is touched. Per-example state kept in train_step (forgetting counts, ...) would see only one
+        process's shard of each batch."""
         return None
 
     def trainable(self) -> nn.Module:

@@ -26,6 +26,7 @@ from typing import Iterator, Optional
 import torch
 import torch.nn.functional as F
 
+from .. import distributed
 from ..config import FieldError, RunConfig, opt
 from ..data.augment import build_pipeline
 from ..errors import RunError
@@ -176,8 +177,10 @@ class SemiSupervised(Finetune):
         if not mc.dist_align:
             return confident(logits, mc.tau)
         p = F.softmax(logits.detach().float(), dim=1)
-        # called from train_step only: every training step moves the running mean
-        self.p_model.mul_(mc.align_momentum).add_(p.mean(0), alpha=1 - mc.align_momentum)
+        # called from train_step only: every training step moves the running mean (over all the processes'
+        # shards of a distributed run, so that every process keeps the same one)
+        batch_mean = distributed.mean_over_processes(p.mean(0))
+        self.p_model.mul_(mc.align_momentum).add_(batch_mean, alpha=1 - mc.align_momentum)
         p = p * (self.p_prior / self.p_model.clamp_min(1e-6))
         conf, pseudo = (p / p.sum(1, keepdim=True)).max(dim=1)
         return pseudo, conf >= mc.tau

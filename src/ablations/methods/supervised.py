@@ -270,8 +270,9 @@ class Supervised(Method):
             for k, v in state["forget"].items():
                 self.forget[k].copy_(v)
 
-    def unshardable(self) -> Optional[str]:
-        if self.forget is not None:
+    @classmethod
+    def unshardable(cls, cfg: RunConfig) -> Optional[str]:
+        if getattr(cfg.method, "score_examples", False):  # self.forget: see __init__
             return "forgetting events are counted per example in train_step, which sees one shard of each batch"
         return None
 
