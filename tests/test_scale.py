@@ -17,26 +17,12 @@ from safetensors.torch import load_file
 
 from ablations.cli import main
 
-STUDY = """
-name: scale
-metric: test_acc
-base:
-  data: {name: synthetic, n_train: 320, n_test: 64, limit: 256, limit_eval: 64, normalize: standard}
-  model: {name: vgg1, width: 8, dense: 16}
-  optim: {name: nesterov, lr: 0.05, schedule: warmup_cosine, warmup: 0.5}
-  train: {epochs: 3, batch_size: 32, eval_batch_size: 64, threads: 1}
-presets:
-  smoke: {}
-variants:
-  plain: {}
-  wider: {set: {model.width: 12}}
-"""
-
-
 @pytest.fixture
-def study(tmp_path: Path) -> Path:
-    p = tmp_path / "scale.yaml"
-    p.write_text(STUDY)
+def study(tiny_study: Path) -> Path:
+    """conftest's tiny study, one thread per run (bit-identical across executors) and 3 epochs."""
+    p = tiny_study.with_name("scale.yaml")
+    p.write_text(tiny_study.read_text().replace("eval_batch_size: 64}", "eval_batch_size: 64, threads: 1}")
+                 .replace("epochs: 2", "epochs: 3"))
     return p
 
 
@@ -74,7 +60,7 @@ def test_two_processes_give_the_single_process_curve(study, tmp_path):
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("done plain seed 0") == 1  # one process speaks
-    a, b = one / "scale/smoke/plain/seed0", two / "scale/smoke/plain/seed0"
+    a, b = one / "tiny/smoke/plain/seed0", two / "tiny/smoke/plain/seed0"
     assert json.loads((b / "env.json").read_text())["processes"] == 2
     assert json.loads((a / "env.json").read_text())["processes"] == 1
     ca, cb = _curve(a), _curve(b)
@@ -181,32 +167,32 @@ def test_ray_executor_writes_what_the_local_one_does(study, tmp_path, local_ray,
     assert main(["run", str(study), "--preset", "smoke", "--out", str(ray_out), "--executor", "ray",
                  "--cpus-per-run", "1"]) == 0
     out = capsys.readouterr().out
-    assert "done plain seed 0" in out and "done wider seed 0" in out and "ray: 2 finished, 0 failed" in out
-    for v in ("plain", "wider"):
-        a, b = loc / f"scale/smoke/{v}/seed0", ray_out / f"scale/smoke/{v}/seed0"
+    assert "done plain seed 0" in out and "done regular seed 0" in out and "ray: 2 finished, 0 failed" in out
+    for v in ("plain", "regular"):
+        a, b = loc / f"tiny/smoke/{v}/seed0", ray_out / f"tiny/smoke/{v}/seed0"
         assert (a / "final.safetensors").read_bytes() == (b / "final.safetensors").read_bytes()
         assert _curve(a) == _curve(b)
         ra, rb = (json.loads((d / "result.json").read_text()) for d in (a, b))
         assert ra["test_acc"] == rb["test_acc"]
         assert json.loads((b / "env.json").read_text())["argv"] == sys.argv  # the driver's command line
-    ra, rb = ((d / "scale/smoke/summary.csv").read_text().splitlines()[0] for d in (loc, ray_out))
-    assert ra == rb and (ray_out / "scale/smoke/report.md").exists()
+    ra, rb = ((d / "tiny/smoke/summary.csv").read_text().splitlines()[0] for d in (loc, ray_out))
+    assert ra == rb and (ray_out / "tiny/smoke/report.md").exists()
     assert not list(ray_out.glob(".ablations-shared-storage-probe*"))  # the probe is cleaned up
 
 
 def test_ray_a_failed_run_does_not_stop_the_others(study, tmp_path, local_ray, capsys):
     broken = study.with_name("broken.yaml")
-    broken.write_text(STUDY + "  exploding: {set: {optim.lr: 1.0e+30}}\n")
+    broken.write_text(study.read_text() + "  exploding: {set: {optim.lr: 1.0e+30}}\n")
     assert main(["run", str(broken), "--preset", "smoke", "--out", str(tmp_path), "--executor", "ray"]) == 1
     captured = capsys.readouterr()
     assert "failed exploding seed 0: loss became" in captured.out
-    failure = tmp_path / "scale/smoke/exploding/seed0/failure.txt"
+    failure = tmp_path / "tiny/smoke/exploding/seed0/failure.txt"
     assert "Traceback" in failure.read_text() and str(failure) in captured.out  # the whole story, one line
     assert "ray: 2 finished, 1 failed, 0 skipped" in captured.out
     assert "1 of 3 run(s) did not finish" in captured.err
-    for v in ("plain", "wider"):
-        assert (tmp_path / f"scale/smoke/{v}/seed0/result.json").exists()
-    assert (tmp_path / "scale/smoke/report.md").exists()
+    for v in ("plain", "regular"):
+        assert (tmp_path / f"tiny/smoke/{v}/seed0/result.json").exists()
+    assert (tmp_path / "tiny/smoke/report.md").exists()
     # a run no node can hold: one line, not a driver waiting forever
     assert main(["run", str(study), "--preset", "smoke", "--out", str(tmp_path / "big"), "--executor", "ray",
                  "--cpus-per-run", "3"]) == 2
@@ -217,12 +203,12 @@ def test_ray_continue_after_the_driver_is_killed(study, tmp_path):
     """The driver (and the local Ray it started) killed while the second run is between checkpoints, the first
     finished; `--continue` skips the first and resumes the second from its checkpoint."""
     slow = study.with_name("slow.yaml")  # seconds per epoch, so that the kill lands inside the second run
-    slow.write_text(STUDY.replace("epochs: 3", "epochs: 8").replace("n_train: 320", "n_train: 3000")
+    slow.write_text(study.read_text().replace("epochs: 3", "epochs: 8").replace("n_train: 320", "n_train: 3000")
                     .replace("limit: 256", "limit: 2560"))
     cmd = [sys.executable, "-m", "ablations.cli", "run", str(slow), "--preset", "smoke", "--out", str(tmp_path),
            "--executor", "ray", "--cpus-per-run", "2"]  # 2 of 2 CPUs: one run at a time
-    first = tmp_path / "scale/smoke/plain/seed0/result.json"
-    second = tmp_path / "scale/smoke/wider/seed0/checkpoint.pt"
+    first = tmp_path / "tiny/smoke/plain/seed0/result.json"
+    second = tmp_path / "tiny/smoke/regular/seed0/checkpoint.pt"
     drv = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + 240
@@ -237,10 +223,10 @@ def test_ray_continue_after_the_driver_is_killed(study, tmp_path):
     proc = subprocess.run(cmd + ["--continue"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "skip plain seed 0: finished" in proc.stdout
-    assert "done wider seed 0" in proc.stdout
+    assert "done regular seed 0" in proc.stdout
     inv = [json.loads(x) for x in (second.parent / "invocations.jsonl").read_text().splitlines()]
     assert inv[-1]["resumed_from_epoch"] >= 1 and inv[-1]["finished"]  # resumed, not started over
-    assert (tmp_path / "scale/smoke/report.md").exists()
+    assert (tmp_path / "tiny/smoke/report.md").exists()
 
 
 def test_a_dead_hosts_lock_is_dropped_on_that_host(tmp_path):
