@@ -100,14 +100,20 @@ def local_world() -> int:
 def device_for(device: torch.device) -> torch.device:
     """A CUDA run's process uses its own GPU (LOCAL_RANK); CPU processes share the CPU."""
     d = current()
-    if d.active and device.type == "cuda":
-        torch.cuda.set_device(d.local_rank)
+    if d.active and device.type == "cuda":  # init() made it the current device before the first collective
         return torch.device("cuda", d.local_rank)
     return device
 
 
 def _comm_device() -> torch.device:
     return torch.device("cuda", current().local_rank) if current().backend == "nccl" else torch.device("cpu")
+
+
+def _summed(t: torch.Tensor) -> torch.Tensor:
+    """`t` (float32) summed over the processes, on the device the backend talks through."""
+    buf = t.detach().float().to(_comm_device())
+    tdist.all_reduce(buf)
+    return buf
 
 
 def shard(batch: Any) -> Any:
@@ -141,9 +147,7 @@ def average_gradients(module: torch.nn.Module, loss: torch.Tensor) -> torch.Tens
     if not current().active:
         return loss.detach()
     grads = [p.grad for p in module.parameters() if p.grad is not None]
-    flat = torch.cat([g.reshape(-1).float() for g in grads] + [loss.detach().float().reshape(1)])
-    flat = flat.to(_comm_device())
-    tdist.all_reduce(flat)  # SUM: then divided by the number of processes
+    flat = _summed(torch.cat([g.reshape(-1).float() for g in grads] + [loss.detach().float().reshape(1)]))
     flat /= current().world
     i = 0
     for g in grads:
@@ -156,9 +160,7 @@ def mean_over_processes(t: torch.Tensor) -> torch.Tensor:
     """The mean of `t` over the processes (every process must call it at the same point of its step)."""
     if not current().active:
         return t
-    buf = t.detach().float().to(_comm_device())
-    tdist.all_reduce(buf)
-    return (buf / current().world).to(t.device, t.dtype)
+    return (_summed(t) / current().world).to(t.device, t.dtype)
 
 
 def same_everywhere(obj: Any) -> Any:
@@ -176,8 +178,7 @@ def sum_stats(sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     if not current().active or not sums:
         return sums
     keys = sorted(sums)
-    flat = torch.stack([torch.as_tensor(sums[k]).detach().float().reshape(()).cpu() for k in keys]).to(_comm_device())
-    tdist.all_reduce(flat)
+    flat = _summed(torch.stack([torch.as_tensor(sums[k]).detach().float().reshape(()).cpu() for k in keys]))
     return {k: flat[i].cpu() for i, k in enumerate(keys)}
 
 
@@ -197,16 +198,7 @@ def broadcast_module(module: torch.nn.Module) -> None:
 def agree(error: Optional[str]) -> None:
     """Rank 0's error (or None) on every process: all of them raise it together rather than leave the others
     waiting at the next collective."""
-    if not current().active:
-        if error:
-            raise RunError(error)
-        return
-    box = [error]
-    tdist.broadcast_object_list(box, src=0)
-    if box[0]:
-        raise RunError(box[0]) if current().main else RelayedError(box[0])
+    error = same_everywhere(error)
+    if error:
+        raise RunError(error) if current().main else RelayedError(error)
 
-
-def barrier() -> None:
-    if current().active:
-        tdist.barrier()
