@@ -201,4 +201,3 @@ def agree(error: Optional[str]) -> None:
     error = same_everywhere(error)
     if error:
         raise RunError(error) if current().main else RelayedError(error)
-
