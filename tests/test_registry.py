@@ -16,11 +16,13 @@ from ablations import config, registry
 from ablations.config import ConfigError, FieldError
 from ablations.data.augment import parse_pipeline
 from ablations.errors import UserError
-from ablations.registry import AUGS, DATASETS, LOSSES, METHODS, MODELS, SECTIONS
+from ablations.registry import AUGS, DATASETS, EXECUTORS, LOSSES, METHODS, MODELS, SECTIONS, TEXT_AUGS
 
-# registry -> the config section it types (AUGS: items of a data.aug pipeline, typed by parse_pipeline)
-TYPED = {"model": MODELS, "data": DATASETS, "method": METHODS, "loss": LOSSES, "aug": AUGS}
-ALL = (MODELS, DATASETS, METHODS, LOSSES, AUGS, SECTIONS)
+# registry -> the config section it types (AUGS / TEXT_AUGS: items of a data.aug / data.augment pipeline,
+# typed by parse_pipeline)
+TYPED = {"model": MODELS, "data": DATASETS, "method": METHODS, "loss": LOSSES, "aug": AUGS, "text_aug": TEXT_AUGS}
+PIPELINES = {"aug": AUGS, "text_aug": TEXT_AUGS}
+ALL = (MODELS, DATASETS, METHODS, LOSSES, AUGS, TEXT_AUGS, SECTIONS, EXECUTORS)
 _RANGE_WORDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
 
 
@@ -43,9 +45,9 @@ def _own_fields(Config: type) -> list:
 def _reject(section: str, name: str, raw: dict) -> str:
     """The error message for section values `raw` of entry `name`, through the real typing path."""
     e = _entry(section, name)
-    if section == "aug":
+    if section in PIPELINES:
         with pytest.raises(FieldError) as info:
-            parse_pipeline([{name: raw}])
+            parse_pipeline([{name: raw}], registry=PIPELINES[section])
     else:
         with pytest.raises(ConfigError) as info:
             config.type_section(section, {"name": name, **raw}, e.Config, {"": "test"}, name)
@@ -54,8 +56,8 @@ def _reject(section: str, name: str, raw: dict) -> str:
 
 def _accept(section: str, name: str, raw: dict):
     e = _entry(section, name)
-    if section == "aug":
-        return parse_pipeline([{name: raw}])[0]
+    if section in PIPELINES:
+        return parse_pipeline([{name: raw}], registry=PIPELINES[section])[0]
     return config.type_section(section, {"name": name, **raw}, e.Config, {"": "test"}, name)
 
 
@@ -143,7 +145,7 @@ def test_misspelled_key_suggests_the_real_one(section, name):
     value = f.default if f.default is not MISSING else f.default_factory()
     msg = _reject(section, name, {wrong: value})
     assert repr(wrong) in msg
-    assert f"did you mean {name if section == 'aug' else section}.{f.name}?" in msg
+    assert f"did you mean {name if section in PIPELINES else section}.{f.name}?" in msg
 
 
 def _foreign_key(section: str, name: str):
@@ -176,7 +178,7 @@ def test_key_of_another_entry_names_its_owner(section, name):
     key, value, owners = found
     msg = _reject(section, name, {key: value})
     assert f"has no key {key!r}" in msg
-    kind = TYPED[section].kind if section == "aug" else section  # augmentations: "a key of augmentation rotate"
+    kind = TYPED[section].kind if section in PIPELINES else section  # augmentations: "a key of augmentation rotate"
     assert f"(it is a key of {kind} {', '.join(owners[:4])})" in msg, msg
 
 
@@ -238,7 +240,7 @@ def test_value_outside_declared_range_is_rejected(section, name, key, op, tp):
     outside, inside = _outside_inside(op, bound, tp)
     msg = _reject(section, name, {key: outside})
     assert f"{key} must be {_RANGE_WORDS[op]} {bound:g}, got {outside!r}" in msg
-    assert (name if section == "aug" else section) + "." + key in msg
+    assert (name if section in PIPELINES else section) + "." + key in msg
     try:  # the bound itself (ge/le) or the next value in (gt/lt) passes the range check
         _accept(section, name, {key: inside})
     except (ConfigError, FieldError) as e:

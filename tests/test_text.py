@@ -71,10 +71,37 @@ def test_splits_are_contiguous_90_5_5_and_vocab_comes_from_train(corpus):
 
 def test_word_level_round_trips(corpus):
     d = build_text_data(CORPUS, lm_config(corpus, **{"data.level": "word"}).data, "mem")
-    assert d.vocab.level == "word" and "Citizen" in d.vocab.index and " " in d.vocab.index
+    assert d.vocab.level == "word" and " Citizen" in d.vocab.index and "\n" in d.vocab.index
+    assert " " not in d.vocab.index  # a single space belongs to the word after it
     assert d.vocab.decode(d.train) == CORPUS[:split_points(len(CORPUS))[0]]
-    assert d.chars_per_token["train"] > 2
-    assert tokenize("O'er thee, love!\n", "word") == ["O", "'", "er", " ", "thee", ",", " ", "love", "!", "\n"]
+    assert d.chars_per_token["train"] > 3
+    assert tokenize("O'er thee, love!\n", "word") == ["O", "'", "er", " thee", ",", " love", "!", "\n"]
+    # indentation and double spaces: runs of spaces are tokens, their last space goes to the next word
+    assert tokenize("    return  x \n", "word") == ["   ", " return", " ", " x", " ", "\n"]
+
+
+@pytest.mark.parametrize("text", ["", "a", "  ", "\n\n", " x ", "\tdef f(a, b):\n\t\treturn a  +b\r\n",
+                                  "naïve café — «quoted»  end", "a\u00a0b\u2003 c"])
+def test_word_tokenizer_is_lossless(text):
+    assert "".join(tokenize(text, "word")) == text
+
+
+def test_vocab_cap_maps_rare_words_to_unk(corpus):
+    from ablations.data.text import count_words
+
+    full = build_text_data(CORPUS, lm_config(corpus, **{"data.level": "word"}).data, "mem")
+    capped = build_text_data(CORPUS, lm_config(corpus, **{"data.level": "word", "data.vocab_size": 6}).data, "mem")
+    assert len(capped.vocab) == 6 and capped.vocab.tokens[0] == "<unk>" and len(full.vocab) > 6
+    kept = set(capped.vocab.tokens[1:])
+    counts = Counter(tokenize(CORPUS[:split_points(len(CORPUS))[0]], "word"))
+    assert min(counts[t] for t in kept) >= max(c for t, c in counts.items() if t not in kept)  # the most frequent
+    assert capped.unk_share["train"] > 0 == full.unk_share["train"]
+    # word perplexity counts the same words at both levels: words, punctuation, line breaks (not spaces)
+    assert count_words("O'er thee,  love!\n") == 8  # O ' er thee , love ! \\n
+    char = build_text_data(CORPUS, lm_config(corpus).data, "mem")
+    a = split_points(len(CORPUS))[0]
+    assert char.words_per_token["train"] * len(char.train) == pytest.approx(count_words(CORPUS[:a]))
+    assert full.words_per_token["train"] * len(full.train) == pytest.approx(count_words(CORPUS[:a]))
 
 
 def test_batches_are_a_pure_function_of_the_generator():
@@ -290,8 +317,10 @@ def test_glove_initialises_word_embeddings(corpus, tmp_path):
     cfg = lm_config(corpus, **{"data.level": "word", "model.embed": 50, "method.embed_init": "glove"})
     data = DATASETS.get("text")(cfg.data)
     model = MODELS.get("lstm")(cfg.model, DataSpec(vocab_size=len(data.vocab)))
-    _glove_init(model, data)
-    i = data.vocab.index["speak"]
-    assert torch.allclose(model.embed.weight[i], glove_vectors(["speak"])[0][0])
+    _glove_init(model.embed, data)
+    for tok in (" speak", "Speak"):  # the word tokenizer's leading space and the case do not matter to GloVe
+        i = data.vocab.index[tok]
+        assert torch.allclose(model.embed.weight[i], glove_vectors(["speak"])[0][0])
+    assert not glove_vectors(["\n", "   "])[1].any()
     with pytest.raises(ConfigError, match="data.level=word"):  # checked at config time now
         lm_config(corpus, **{"method.embed_init": "glove"})

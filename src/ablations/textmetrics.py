@@ -8,11 +8,16 @@
   (seq-rep-4 of Welleck et al. 2020): loops such as beam search's show up here.
 
 Words are maximal runs of letters with inner apostrophes, lower-cased ("O'er" -> "o'er").
+
+Generated Python code (datasets registered with code=True) also gets code_metrics: the share of lines that
+parse on their own and of complete top-level blocks that compile.
 """
 from __future__ import annotations
 
+import ast
 import os
 import re
+import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Optional
@@ -98,3 +103,129 @@ def mean_metrics(rows: Iterable[dict]) -> dict:
     if not rows:
         return {}
     return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
+
+
+# ---------------------------------------------------------------- generated code
+
+# compound-statement headers; the line is parsed with a `pass` body (and the context some need) added
+_HEADER = re.compile(r"(?:async\s+)?(def|class|if|for|while|with|try|elif|else|except|finally|match|case)\b")
+_CONTEXT = {"elif": "if x:\n    pass\n", "else": "if x:\n    pass\n",
+            "except": "try:\n    pass\n", "finally": "try:\n    pass\n", "case": "match x:\n"}
+_CONTINUES = re.compile(r"(elif|else|except|finally)\b")  # top-level lines that continue the block before
+# keywords that only ever begin a statement: at column 0 they end an unclosed bracket (broken generated code)
+_NEW_TOP = re.compile(r"(def|class|async|import|from|return|raise|pass|break|continue|global|nonlocal|del|assert"
+                      r"|while|with|try|elif|except|finally)\b|@")
+
+
+def _parses(src: str) -> bool:
+    try:
+        ast.parse(src)
+    except Exception:  # SyntaxError, ValueError (NUL bytes), RecursionError, MemoryError: does not parse
+        return False
+    return True
+
+
+def _compiles(src: str) -> bool:
+    try:
+        compile(src, "<sample>", "exec", dont_inherit=True)  # not this module's `from __future__` flags
+    except Exception:
+        return False
+    return True
+
+
+def _line_parses(s: str) -> bool:
+    """One stripped, non-blank line: parses alone, or as a block header with a `pass` body."""
+    if s.startswith("#") or _parses(s):
+        return True
+    if s.startswith("@"):  # a decorator: needs something to decorate
+        return _parses(s + "\ndef f(): pass")
+    m = _HEADER.match(s)
+    if m is None:
+        return False
+    kw = m.group(1)
+    pre = _CONTEXT.get(kw, "")
+    ind = "    " if kw == "case" else ""
+    body = "\n" + ind + ("    case _:\n        pass" if kw == "match" else "    pass")
+    post = "\nfinally:\n    pass" if kw == "try" else ""
+    # with a body added (a header), else as it is (a one-line compound statement such as `else: x = 1`)
+    return _parses(pre + ind + s + body + post) or bool(pre or post) and _parses(pre + ind + s + post)
+
+
+def _statement_starts(lines: list[str]) -> list[bool]:
+    """Per line: does it begin a new logical line, i.e. not inside a string, brackets or a backslash
+    continuation? A light scanner, robust to broken code: a line at column 0 that starts with a keyword
+    only a statement can start with (def, class, import, return, ..., or @) is always a new statement,
+    so one unclosed bracket does not swallow the rest of a generated sample."""
+    starts, depth, quote, cont = [], 0, "", False
+    for line in lines:
+        if depth and not quote and _NEW_TOP.match(line):
+            depth = 0
+        starts.append(not (depth or quote or cont))
+        cont, i, n = False, 0, len(line)
+        while i < n:
+            c = line[i]
+            if quote:
+                if c == "\\":
+                    i += 2
+                    continue
+                if line.startswith(quote, i):
+                    i, quote = i + len(quote), ""
+                    continue
+            elif c == "#":
+                break
+            elif c in "([{":
+                depth += 1
+            elif c in ")]}":
+                depth = max(0, depth - 1)
+            elif c in "'\"":
+                quote = c * 3 if line.startswith(c * 3, i) else c
+                i += len(quote)
+                continue
+            elif c == "\\" and i == n - 1:
+                cont = True
+            i += 1
+        if len(quote) == 1 and not line.endswith("\\"):  # an unterminated one-line string ends with its line
+            quote = ""
+    return starts
+
+
+def code_metrics(text: str) -> dict:
+    """Metrics of one sample of generated Python code; percentages in %.
+
+    - code_lines: non-blank lines; code_lines_parse: % of them that parse on their own (ast.parse) after
+      stripping their indentation. Comment lines count as parsing; a compound-statement header
+      (`def f(x):`, `else:`, `except E as e:`, `case 1:` ...) parses when it does with a `pass` body and,
+      for elif/else/except/finally/case, a suitable preceding header; a decorator when something follows it.
+      Lines inside a multi-line string or a bracketed continuation are judged alone too and mostly fail,
+      so even real code scores below 100 % (~80 %): compare models with each other, not with 100.
+    - code_blocks: complete top-level blocks; code_blocks_compile: % of them that compile(). A block starts
+      at each line at column 0 that begins a statement (not a comment, not inside a string or brackets:
+      see _statement_starts), is not elif/else/except/finally and does not follow a decorator; it runs to
+      the next block start. Real code scores 100 %.
+      The sample's last block is dropped (sampling cut it off), as are lines before the first block (the
+      sample may start inside one). No complete block: code_blocks = 0 and code_blocks_compile = nan.
+    """
+    lines = text.replace("\r\n", "\n").split("\n")
+    with warnings.catch_warnings():  # random code makes compile() warn (invalid escapes, `is` with a literal)
+        warnings.simplefilter("ignore")
+        stripped = [s for s in (line.strip() for line in lines) if s]
+        ok_lines = sum(_line_parses(s) for s in stripped)
+        blocks, cur, after_decorator = [], None, False
+        for line, start in zip(lines, _statement_starts(lines)):
+            s = line.strip()
+            top = start and bool(s) and not s.startswith("#") and not line[0].isspace()
+            if top and not after_decorator and not _CONTINUES.match(s):
+                cur = [line]
+                blocks.append(cur)
+            elif cur is not None:
+                cur.append(line)
+            if top:
+                after_decorator = s.startswith("@")
+        complete = blocks[:-1]
+        ok_blocks = sum(_compiles("\n".join(b) + "\n") for b in complete)
+    return {
+        "code_lines": len(stripped),
+        "code_lines_parse": 100.0 * ok_lines / len(stripped) if stripped else float("nan"),
+        "code_blocks": len(complete),
+        "code_blocks_compile": 100.0 * ok_blocks / len(complete) if complete else float("nan"),
+    }

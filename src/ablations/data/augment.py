@@ -398,9 +398,9 @@ def _own_fields(cls: type) -> list:
     return [f for f in fields(cls) if f.name != "name"]
 
 
-def _parse_item(item: Any) -> AugConfig:
+def _parse_item(item: Any, registry=AUGS) -> AugConfig:
     """One spec item -> its typed config; ConfigError or UnknownName with a message (no index) on failure."""
-    if isinstance(item, AugConfig):
+    if isinstance(item, Component) and item.name in registry:  # already typed
         return item
     if isinstance(item, str):
         name, value = item, None
@@ -412,7 +412,7 @@ def _parse_item(item: Any) -> AugConfig:
         raise ConfigError(f"expected a name or a one-key mapping like {{translate: 4}}, got {item!r}")
     if not isinstance(name, str):
         raise ConfigError(f"expected an augmentation name, got {name!r}")
-    entry = AUGS.entry(name)  # UnknownName: did-you-mean and the choices
+    entry = registry.entry(name)  # UnknownName: did-you-mean and the choices
     cls = entry.Config or AugConfig
     if value is None:
         raw: dict = {}
@@ -427,15 +427,16 @@ def _parse_item(item: Any) -> AugConfig:
         raw = {own[0].name: value}
     raw["name"] = entry.name
     try:
-        return type_section(name, raw, cls, {"": _MARK}, "", registry=AUGS)
+        return type_section(name, raw, cls, {"": _MARK}, "", registry=registry)
     except ConfigError as e:
         msg = str(e)
         raise ConfigError(msg[len(_MARK) + 2:] if msg.startswith(_MARK + ": ") else msg) from None
 
 
-def parse_pipeline(spec: Any) -> list[AugConfig]:
+def parse_pipeline(spec: Any, registry=AUGS) -> list[AugConfig]:
     """A pipeline spec (see the module doc) -> one typed, range-checked config per item. Raises
-    FieldError("[i]", one-line message) for a bad item, FieldError("", ...) when spec is not a list."""
+    FieldError("[i]", one-line message) for a bad item, FieldError("", ...) when spec is not a list.
+    `registry`: whose entries the names are (AUGS for images; TEXT_AUGS for data/text_augment.py)."""
     if isinstance(spec, Pipeline):
         return list(spec.configs)
     if not isinstance(spec, (list, tuple)):
@@ -443,7 +444,7 @@ def parse_pipeline(spec: Any) -> list[AugConfig]:
     out = []
     for i, item in enumerate(spec):
         try:
-            out.append(_parse_item(item))
+            out.append(_parse_item(item, registry))
         except (ConfigError, UnknownName) as e:  # a registry that cannot load its plugins: as is
             raise FieldError(f"[{i}]", str(e)) from None
     return out

@@ -24,7 +24,7 @@ import torch
 from dataclasses import dataclass as _dataclass
 from typing import Literal
 
-from ..config import DataConfig, opt
+from ..config import DataConfig, FieldError, opt
 from ..registry import DATASETS
 from . import sources
 from .sources import DataError, DataNotFound
@@ -36,13 +36,23 @@ TINY_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tiny
 TINY_MD5 = "6fb458f1232090904fb40fe944165e91"
 DICKINSON_URL = "https://www.gutenberg.org/cache/epub/12242/pg12242.txt"
 
-# word level: runs of word characters, single punctuation marks and single whitespace characters;
-# "".join(tokens) gives back the text exactly, so decoding is lossless
-_WORD_RE = re.compile(r"\w+|[^\w\s]|\s", re.UNICODE)
+# word level (GPT-2's layout, without byte-pair merges): a word or a punctuation mark takes the one space
+# before it (" the", " ,"), a newline is a token of its own, and other runs of spaces/tabs (indentation,
+# double spaces) are tokens too, leaving their last space to the word that follows. "".join(tokens) gives
+# back the text exactly (decoding is lossless), and a sentence costs about one token per word, not two.
+_WORD_RE = re.compile(r" ?\w+| ?[^\w\s]|\n|[^\S\n]+(?=[^\S\n][^\s])|[^\S\n]+", re.UNICODE)
+_SPACE_RE = re.compile(r"[^\S\n]+")
 
 
 def tokenize(text: str, level: str) -> list[str]:
     return list(text) if level == "char" else _WORD_RE.findall(text)
+
+
+def count_words(text: str) -> int:
+    """Words for word perplexity: the word tokenizer's tokens other than runs of spaces (words, punctuation
+    marks and newlines, as word-level benchmarks count words and <eos>). The same count for a char model,
+    so that both levels report perplexity per the same words."""
+    return sum(1 for t in _WORD_RE.findall(text) if not _SPACE_RE.fullmatch(t))
 
 
 @dataclass
@@ -56,7 +66,8 @@ class Vocab:
 
     @classmethod
     def build(cls, train_tokens: list[str], level: str, max_size: int = 0) -> "Vocab":
-        """Every training token (chars: sorted), or the max_size-1 most frequent ones (words)."""
+        """Every training token (chars: sorted), or the max_size-1 most frequent ones (words; ties go to
+        the token seen first, so the cut is deterministic); the rest map to <unk>."""
         if level == "char":
             return cls([UNK] + sorted(set(train_tokens)), level)
         from collections import Counter
@@ -97,6 +108,8 @@ class TextData:
     n_chars: int  # characters in the whole corpus
     splits: dict = field(default_factory=dict)
     chars_per_token: dict = field(default_factory=dict)  # per split; 1.0 at char level (nats/char = nats/token / this)
+    words_per_token: dict = field(default_factory=dict)  # per split: count_words(text) / tokens (word perplexity)
+    unk_share: dict = field(default_factory=dict)  # per split: share of tokens that are <unk> (0 at char level, mostly)
 
 
 # ---------------------------------------------------------------- reading bytes as text
@@ -188,6 +201,21 @@ def locate(name: str, explicit: Optional[str], url: Optional[str], md5: Optional
 class TextDataConfig(DataConfig):
     seq_len: int = opt(128, "tokens per training sequence (truncated BPTT length)", ge=1)
     level: Literal["char", "word"] = opt("char", "tokens: characters, or words and punctuation")
+    vocab_size: int = opt(20_000, "word level: the vocabulary holds the vocab_size-1 most frequent training "
+                          "tokens plus <unk>, which every other token becomes", ge=2)
+    augment: list = opt(factory=list, doc="training-text augmentation, rewritten each epoch, e.g. "
+                        "[{synonym: 0.1}, {swap: 0.05}] (data/text_augment.py; `ablations list` names them)")
+    wordnet: Optional[str] = opt(None, "folder of WordNet's data.* files for synonym/insert (None: "
+                                 "$ABLATIONS_WORDNET, then /usr/share/wordnet from Debian's wordnet-base)")
+
+    def check(self) -> None:
+        from ..registry import TEXT_AUGS
+        from .augment import parse_pipeline
+
+        try:
+            parse_pipeline(self.augment, registry=TEXT_AUGS)
+        except FieldError as e:
+            raise FieldError(f"augment{e.key}", e.message) from None
 
 
 def split_points(n: int) -> tuple[int, int]:
@@ -206,8 +234,7 @@ def build_text_data(text: str, cfg: TextDataConfig, source: str) -> TextData:
         raise DataError(f"corpus {source} has only {n} characters: too short for 90/5/5 splits with "
                         f"data.seq_len={cfg.seq_len} (need about {int(min_train / 0.9) + 40})")
     train_tokens = tokenize(parts["train"], level)
-    # word level keeps the 20,000 most frequent training tokens (~ all of tiny-shakespeare's); rare ones -> <unk>
-    vocab = Vocab.build(train_tokens, level, max_size=0 if level == "char" else 20_000)
+    vocab = Vocab.build(train_tokens, level, max_size=0 if level == "char" else cfg.vocab_size)
     enc = {k: vocab.encode(v) for k, v in parts.items()}
     # the tokens of val+test in one piece (at word level a token never straddles a split boundary
     # that falls inside a word: we split the text first, so re-tokenising the joined text could differ)
@@ -221,10 +248,18 @@ def build_text_data(text: str, cfg: TextDataConfig, source: str) -> TextData:
         "vocab": f"{len(vocab)} {level}s from the training split, incl. <unk>"
                  + (f"; unseen in val/test: {unk['val'] + unk['test']}" if unk["val"] + unk["test"] else ""),
     }
+    if level == "word":
+        share = 100.0 * (unk["val"] + unk["test"]) / max(1, len(last10))
+        splits["vocab"] += f" (cap data.vocab_size={cfg.vocab_size}); <unk> in val+test: {share:.2f} % of tokens"
     cpt = {k: len(parts[k]) / max(1, len(enc[k])) for k in parts}
     cpt["last10"] = (len(parts["val"]) + len(parts["test"])) / max(1, len(last10))
+    words = {k: count_words(parts[k]) for k in parts}
+    wpt = {k: words[k] / max(1, len(enc[k])) for k in parts}
+    wpt["last10"] = (words["val"] + words["test"]) / max(1, len(last10))
+    unk_share = {k: unk[k] / max(1, len(enc[k])) for k in parts}
+    unk_share["last10"] = (unk["val"] + unk["test"]) / max(1, len(last10))
     return TextData(enc["train"], enc["val"], enc["test"], last10, vocab, parts["train"], source,
-                    hashlib.md5(text.encode()).hexdigest(), n, splits, cpt)
+                    hashlib.md5(text.encode()).hexdigest(), n, splits, cpt, wpt, unk_share)
 
 
 def _from_path(path: Path, cfg: TextDataConfig, expect_md5: Optional[str] = None) -> TextData:
@@ -291,7 +326,7 @@ def glove_vectors(tokens: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     words = pq.read_table(root / "glove_6B_index.parquet").column(0).to_pylist()  # 400,000 words, row order
     row = {w: i for i, w in enumerate(words)}
     table = np.load(root / "glove_6B_50d_emb.npy", mmap_mode="r")  # (400000, 50) float32
-    idx = [row.get(t.lower(), -1) for t in tokens]
+    idx = [row.get(t.strip().lower(), -1) if t.strip() else -1 for t in tokens]  # " The" -> "the"
     found = torch.tensor([i >= 0 for i in idx])
     vecs = torch.zeros(len(tokens), table.shape[1])
     hits = [i for i in idx if i >= 0]

@@ -18,6 +18,7 @@ class LocalConfig(Section):
 
 @EXECUTORS.register("local", LocalConfig)
 def local(plan: list[Planned], opts: LocalConfig) -> list[Outcome]:
+    """The runs one after another in this process (the default); stops at the first failure."""
     outcomes = []
     for p in plan:
         res = run(p.cfg, p.dir, resume=p.resume, refs=p.refs, overwrite=p.overwrite, restart=not p.resume)

@@ -141,6 +141,8 @@ def _cause(e: BaseException) -> BaseException:
 
 @EXECUTORS.register("ray", RayConfig)
 def ray_executor(plan: list[Planned], opts: RayConfig) -> list[Outcome]:
+    """Every (variant, seed) a Ray task on a cluster (runs that reference others wait for them); --out must be
+    storage every node sees."""
     try:
         import ray
     except ImportError:

