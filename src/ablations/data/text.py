@@ -110,6 +110,9 @@ class TextData:
     chars_per_token: dict = field(default_factory=dict)  # per split; 1.0 at char level (nats/char = nats/token / this)
     words_per_token: dict = field(default_factory=dict)  # per split: count_words(text) / tokens (word perplexity)
     unk_share: dict = field(default_factory=dict)  # per split: share of tokens that are <unk> (0 at char level, mostly)
+    # per split: nats to spell out the text of its <unk> tokens with the training split's character unigram
+    # model (add-one smoothed): added to a word model's nats, an open-vocabulary (pessimistic) loss
+    unk_spell_nats: dict = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- reading bytes as text
@@ -258,8 +261,25 @@ def build_text_data(text: str, cfg: TextDataConfig, source: str) -> TextData:
     wpt["last10"] = (words["val"] + words["test"]) / max(1, len(last10))
     unk_share = {k: unk[k] / max(1, len(enc[k])) for k in parts}
     unk_share["last10"] = (unk["val"] + unk["test"]) / max(1, len(last10))
+    spell = {k: _unk_spell_nats(parts["train"], parts[k], vocab) if level == "word" else 0.0 for k in parts}
+    spell["last10"] = spell["val"] + spell["test"]
     return TextData(enc["train"], enc["val"], enc["test"], last10, vocab, parts["train"], source,
-                    hashlib.md5(text.encode()).hexdigest(), n, splits, cpt, wpt, unk_share)
+                    hashlib.md5(text.encode()).hexdigest(), n, splits, cpt, wpt, unk_share, spell)
+
+
+def _unk_spell_nats(train: str, split: str, vocab: Vocab) -> float:
+    """Nats to spell the split's <unk> tokens character by character under the training text's character
+    unigram distribution (add-one over the characters seen anywhere in train + split)."""
+    import math
+    from collections import Counter
+
+    unk_text = "".join(t for t in tokenize(split, "word") if t not in vocab.index)
+    if not unk_text:
+        return 0.0
+    counts = Counter(train)
+    alphabet = set(counts) | set(unk_text)
+    total = len(train) + len(alphabet)
+    return -sum(math.log((counts.get(c, 0) + 1) / total) for c in unk_text)
 
 
 def _from_path(path: Path, cfg: TextDataConfig, expect_md5: Optional[str] = None) -> TextData:

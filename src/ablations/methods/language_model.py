@@ -257,6 +257,9 @@ class LanguageModel(Method):
             # per word (count_words: the same words at both levels): nats/char * chars/word
             out["test_word_ppl"] = math.exp(losses["test"] * self.cpt["test"] / wpt["test"])
             out["test_unk_share"] = data.unk_share["test"]
+            if self.cfg.data.level == "word":  # <unk> charged its spelling: comparable with a char model's loss
+                chars = len(data.test) * self.cpt["test"]
+                out["test_loss_open"] = losses["test"] + data.unk_spell_nats["test"] / chars
         records = rd.read_metrics(self.run_dir / rd.METRICS)
         out["tokens_per_s"] = sum(r["tokens_per_s"] for r in records) / max(1, len(records))
         # samples over the decoding grid; the headline metrics come from the headline temperature's sample

@@ -73,6 +73,7 @@ def render(run_list: list, out_dir: Path) -> str:
     cols = [("params", "params", "{:,.0f}"), ("val nats/char", "val_loss", "{:.3f}"),
             ("test nats/char", "test_loss", "{:.3f}"), ("test bits/char", "test_bpc", "{:.3f}"),
             ("test word ppl", "test_word_ppl", "{:.1f}"), ("test <unk> %", "test_unk_share", "{:.2%}"),
+            ("test nats/char, <unk> spelled", "test_loss_open", "{:.3f}"),
             ("last 10 % nats/char", "last10_loss", "{:.3f}"),
             ("correct words %", "sample_correct_words", "{:.1f}"), ("distinct-1", "sample_distinct_1", "{:.3f}"),
             ("distinct-2", "sample_distinct_2", "{:.3f}"), ("repetition", "sample_repetition", "{:.3f}"),
@@ -98,7 +99,9 @@ def render(run_list: list, out_dir: Path) -> str:
               "Word-level models' nats are summed over a split and divided by its characters, so both levels "
               "are in the same unit; word perplexity = e^(nats per word), with the same words counted at both "
               "levels (words, punctuation marks and line breaks). A word model predicts a rare word as one "
-              "<unk> event and never spells it, so where <unk> % is not ~0 its nats/char are optimistic. "
+              "<unk> event and never spells it, so where <unk> % is not ~0 its nats/char are optimistic; the '<unk> "
+              "spelled' column adds the nats of spelling each <unk> word with the training text's character "
+              "unigram model (a crude, pessimistic open-vocabulary loss: compare char models between the two). "
               "The last 10 % (val + test) is the held-out text of published tiny-shakespeare numbers (nanoGPT's "
               "small transformer: 1.47 nats/char on a GPU).",
               "",
