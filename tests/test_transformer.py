@@ -192,7 +192,9 @@ def test_heads_must_divide_width():
 
 def test_init_and_tied_head():
     m = tiny(block=8, layers=3, width=32)
-    assert sum(p is m.embed.weight for p in m.parameters()) == 1  # the head has no matrix of its own
+    # the head has no matrix of its own: the only (V, width) tensor in the weights is the embedding
+    vocab_shaped = [k for k, v in m.state_dict().items() if v.shape == m.embed.weight.shape]
+    assert vocab_shaped == ["embed.weight"]
     for name, p in m.named_parameters():
         if name.endswith("bias"):
             assert not p.any(), name
@@ -220,19 +222,24 @@ def test_final_weights_save_and_load(tmp_path):
 
 
 def test_one_adamw_step_lowers_the_loss():
-    m = tiny(block=8, dropout=0.1).train()
+    m = tiny(block=8, dropout=0.1)
     x = ids(4, 12)
     y = torch.roll(x, -1, 1)
     opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+
+    def eval_loss() -> float:  # both losses in eval mode: dropout must not decide the comparison
+        m.eval()
+        with torch.no_grad():
+            return float(F.cross_entropy(m(x)[0].flatten(0, 1), y.flatten()))
+
+    before = eval_loss()
+    m.train()
     torch.manual_seed(0)
-    loss0 = F.cross_entropy(m(x)[0].flatten(0, 1), y.flatten())
+    loss = F.cross_entropy(m(x)[0].flatten(0, 1), y.flatten())
     opt.zero_grad()
-    loss0.backward()
+    loss.backward()
     opt.step()
-    m.eval()
-    with torch.no_grad():
-        loss1 = F.cross_entropy(m(x)[0].flatten(0, 1), y.flatten())
-    assert float(loss1) < float(loss0.detach())
+    assert eval_loss() < before
 
 
 CORPUS = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"

@@ -33,8 +33,10 @@ def lstm_traces(model, ids: torch.Tensor) -> list[dict[str, torch.Tensor]]:
     over ids (T,), from a zero state, in eval mode (no dropout)."""
     import torch.nn.functional as F
 
-    if model.cell != "lstm":
-        raise RunError(f"the cells of a {model.cell.upper()} have no gates to show; explain reads LSTM runs")
+    cell = getattr(model, "cell", None)  # the transformer has none
+    if cell != "lstm":
+        what = f"the cells of a {cell.upper()} have" if cell else f"a {type(model).__name__} has"
+        raise RunError(f"{what} no gates to show; explain reads LSTM runs")
     x = model.embed(ids) if model.embed is not None else F.one_hot(ids, model.vocab_size).float()  # (T, E)
     out = []
     for li, rnn in enumerate(model.rnns):

@@ -7,7 +7,7 @@ last 5 % tests, so no validation or test text leaks into training through overla
 use (nanoGPT trains on the first 90 % and reports the loss on the rest).
 
 The vocabulary is built from the training split only; id 0 is <unk>, which every token not seen in
-training maps to.
+training maps to (and, at word level, every token cut by the data.vocab_size cap).
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ DICKINSON_URL = "https://www.gutenberg.org/cache/epub/12242/pg12242.txt"
 # before it (" the", " ,"), a newline is a token of its own, and other runs of spaces/tabs (indentation,
 # double spaces) are tokens too, leaving their last space to the word that follows. "".join(tokens) gives
 # back the text exactly (decoding is lossless), and a sentence costs about one token per word, not two.
-_WORD_RE = re.compile(r" ?\w+| ?[^\w\s]|\n|[^\S\n]+(?=[^\S\n][^\s])|[^\S\n]+", re.UNICODE)
+_WORD_RE = re.compile(r" ?\w+| ?[^\w\s]|\n|[^\S\n]+(?= \S)|[^\S\n]+", re.UNICODE)
 _SPACE_RE = re.compile(r"[^\S\n]+")
 
 
@@ -110,8 +110,9 @@ class TextData:
     chars_per_token: dict = field(default_factory=dict)  # per split; 1.0 at char level (nats/char = nats/token / this)
     words_per_token: dict = field(default_factory=dict)  # per split: count_words(text) / tokens (word perplexity)
     unk_share: dict = field(default_factory=dict)  # per split: share of tokens that are <unk> (0 at char level, mostly)
-    # per split: nats to spell out the text of its <unk> tokens with the training split's character unigram
-    # model (add-one smoothed): added to a word model's nats, an open-vocabulary (pessimistic) loss
+    # per split: nats to spell out the characters of its <unk> tokens under the training split's character
+    # unigram model (add-one smoothed; no end-of-word cost): added to a word model's nats, a rough
+    # open-vocabulary loss (not a bound either way)
     unk_spell_nats: dict = field(default_factory=dict)
 
 

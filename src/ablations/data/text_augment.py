@@ -16,6 +16,9 @@ they are. `rate` is a probability per word:
 - swap: Binomial(words, rate) times per line, two random words of the line trade places;
 - delete: each word is dropped with probability rate (a line keeps at least one word; the space before a
   dropped word goes with it).
+At word level an edit that would make a token the vocabulary lacks is skipped (so the realised rates of
+insert / swap / delete are a little below `rate` there; a line's first word, having no space before it,
+is never deleted): an edit must never turn known text into <unk> targets.
 Synonyms are single-word WordNet 3.0 lemmas of any synset holding the word's exact lemma (no
 morphology: "dogs" finds nothing, as "dog" does). At word level, only synonyms in the model's
 vocabulary are used: a synonym outside it would train the model to predict <unk>.
@@ -74,7 +77,14 @@ class TextAugConfig(Component):
 
 def wordnet_dir(explicit: Optional[str] = None) -> Path:
     """The folder with WordNet's data.* files: `explicit`, $ABLATIONS_WORDNET, then the usual places."""
-    tried = [explicit] if explicit else []
+    if explicit:  # a folder the user named must be the one used: no silent fall-back to another WordNet
+        p = Path(explicit).expanduser()
+        missing = [f for f in POS_FILES if not (p / f).is_file()]
+        if missing:
+            raise DataNotFound(f"data.wordnet={explicit}: no WordNet {', '.join(missing)} there (it needs data.noun, "
+                               "data.verb, data.adj, data.adv: Debian's wordnet-base puts them in /usr/share/wordnet)")
+        return p
+    tried = []
     if os.environ.get(ENV_WORDNET):
         tried.append(os.environ[ENV_WORDNET])
     tried += list(WORDNET_DIRS)
@@ -138,6 +148,10 @@ class Context:
             got = self._cache[key] = cands
         return got
 
+    def ok(self, token: str) -> bool:
+        """Can the model emit this token? (Always at char level; word level: is it in the vocabulary.)"""
+        return self.known is None or self.known(token)
+
 
 Op = Callable[[list, random.Random, Context], list]  # (line tokens, rng, ctx) -> line tokens
 
@@ -171,18 +185,21 @@ def synonym(cfg: TextAugConfig) -> Op:
 
 @TEXT_AUGS.register("insert", TextAugConfig)
 def insert(cfg: TextAugConfig) -> Op:
-    """EDA random insertion: Binomial(words, rate) synonyms of the line's words inserted at random places."""
+    """EDA random insertion: Binomial(words, rate) synonyms of the line's eligible words inserted at random places."""
     def op(tokens, rng, ctx):
         idx = _words(tokens)
+        eligible = [_split(tokens[i])[1].lower() for i in idx]
+        eligible = [w for w in eligible if ctx.synonyms(w, " ")]
         out = list(tokens)
-        for _ in range(_binomial(len(idx), cfg.rate, rng)):
-            src = _split(tokens[rng.choice(idx)])[1]
-            cands = ctx.synonyms(src.lower(), " ")
-            if not cands:
-                continue
-            at = rng.choice(_words(out))  # before a word; the inserted one takes a leading space
+        for _ in range(_binomial(len(idx), cfg.rate, rng) if eligible else 0):
+            src = rng.choice(eligible)
+            at = rng.choice(_words(out))  # before a word; the inserted one takes that word's spacing
             prefix, w = _split(out[at])
-            out[at:at + 1] = [prefix + rng.choice(cands), " " + w]
+            # word level: the new token and the shifted word must both be in the vocabulary (a line's first
+            # word would otherwise lose its place at the line start to a synonym the vocabulary lacks)
+            cands = [c for c in ctx.synonyms(src, " ") if ctx.ok(prefix + c)]
+            if cands and ctx.ok(" " + w):
+                out[at:at + 1] = [prefix + rng.choice(cands), " " + w]
         return out
     return op
 
@@ -198,7 +215,8 @@ def swap(cfg: TextAugConfig) -> Op:
         for _ in range(_binomial(len(idx), cfg.rate, rng)):
             a, b = rng.sample(idx, 2)
             (pa, wa), (pb, wb) = _split(out[a]), _split(out[b])
-            out[a], out[b] = pa + wb, pb + wa
+            if ctx.ok(pa + wb) and ctx.ok(pb + wa):  # word level: " death" -> "death" may not be a token
+                out[a], out[b] = pa + wb, pb + wa
         return out
     return op
 
@@ -208,9 +226,12 @@ def delete(cfg: TextAugConfig) -> Op:
     """EDA random deletion: each word dropped with probability rate (a line keeps at least one word)."""
     def op(tokens, rng, ctx):
         idx = _words(tokens)
-        drop = {i for i in idx if rng.random() < cfg.rate}
+        # word level: a word with no space before it (a line's first) stays, since dropping it would move
+        # the next word, without its space, to a token the vocabulary may lack
+        can = [i for i in idx if ctx.known is None or tokens[i].startswith(" ")]
+        drop = {i for i in can if rng.random() < cfg.rate}
         if drop and len(drop) == len(idx):
-            drop.discard(rng.choice(idx))
+            drop.discard(rng.choice(sorted(drop)))
         out, strip = [], False
         for i, t in enumerate(tokens):
             if i in drop:  # a dropped word without a space before it (a line's first) hands that on

@@ -166,6 +166,11 @@ class LanguageModel(Method):
         if block and cfg.data.seq_len > block:
             raise FieldError("data.seq_len", f"{cfg.data.seq_len} tokens per sequence is more than the model's "
                              f"context (model.block={block})")
+        if block and cfg.data.seq_len < block and not cfg.method.carry_state:
+            # evaluation and decoding read up to `block` tokens back: positions training never reached
+            raise FieldError("data.seq_len", f"{cfg.data.seq_len} tokens per sequence leaves the position embeddings "
+                             f"{cfg.data.seq_len}..{block - 1} untrained, which evaluation and decoding use: set "
+                             f"data.seq_len={block} (or model.block={cfg.data.seq_len}, or method.carry_state=true)")
 
     def __init__(self, cfg: RunConfig, rt: Runtime, run_dir: Path, refs: dict[str, Path]):
         super().__init__(cfg, rt, run_dir, refs)

@@ -38,7 +38,7 @@ def _cell(text: str, n: int) -> str:
 
 
 def describe_model(cfg: dict) -> str:
-    """A run's model in a few words: 'lstm 2x512 drop 0.2 LN carry', 'transformer 4x128 h4 ctx 64, word, glove'."""
+    """A run's model in a few words: 'lstm 2x512 drop 0.2 LN carry', 'lstm 1x256, word, GloVe, synonym 0.1'."""
     m, meth, data = cfg["model"], cfg.get("method") or {}, cfg.get("data") or {}
     if "hidden" in m:  # the recurrent models
         desc = f"{m['name']} {m['layers']}x{m['hidden']}"
@@ -100,8 +100,9 @@ def render(run_list: list, out_dir: Path) -> str:
               "are in the same unit; word perplexity = e^(nats per word), with the same words counted at both "
               "levels (words, punctuation marks and line breaks). A word model predicts a rare word as one "
               "<unk> event and never spells it, so where <unk> % is not ~0 its nats/char are optimistic; the '<unk> "
-              "spelled' column adds the nats of spelling each <unk> word with the training text's character "
-              "unigram model (a crude, pessimistic open-vocabulary loss: compare char models between the two). "
+              "spelled' column adds the nats of spelling each <unk> word's characters under the training text's "
+              "character unigram model (no end-of-word cost: a rough open-vocabulary figure, not a bound; "
+              "compare a char model with both columns). "
               "The last 10 % (val + test) is the held-out text of published tiny-shakespeare numbers (nanoGPT's "
               "small transformer: 1.47 nats/char on a GPU).",
               "",
