@@ -71,6 +71,7 @@ def render(run_list: list, out_dir: Path) -> str:
     order = _variant_order(run_list)
     variants.sort(key=lambda v: order.index(v) if v in order else len(order))
     cols = [("params", "params", "{:,.0f}"), ("val nats/char", "val_loss", "{:.3f}"),
+            ("best val nats/char (any epoch)", "best_val_loss", "{:.3f}"),
             ("test nats/char", "test_loss", "{:.3f}"), ("test bits/char", "test_bpc", "{:.3f}"),
             ("test word ppl", "test_word_ppl", "{:.1f}"), ("test <unk> %", "test_unk_share", "{:.2%}"),
             ("test nats/char, <unk> spelled", "test_loss_open", "{:.3f}"),
