@@ -149,12 +149,22 @@ y = f(3)
 
 def test_valid_code_scores_100():
     assert code_metrics(VALID) == {"code_lines": 9, "code_lines_parse": 100.0, "code_blocks": 3,
-                                   "code_blocks_compile": 100.0}
+                                   "code_blocks_compile": 100.0, "code_defs": 2, "code_defs_compile": 100.0}
 
 
 def test_garbage_scores_0():
-    assert code_metrics("%%% ??? )))\n$$ !! ~~\n]] x y z\n") == {
-        "code_lines": 3, "code_lines_parse": 0.0, "code_blocks": 2, "code_blocks_compile": 0.0}
+    m = code_metrics("%%% ??? )))\n$$ !! ~~\n]] x y z\n")
+    assert math.isnan(m.pop("code_defs_compile")) and m == {
+        "code_lines": 3, "code_lines_parse": 0.0, "code_blocks": 2, "code_blocks_compile": 0.0, "code_defs": 0}
+
+
+def test_definitions_at_any_depth_are_judged_when_complete():
+    text = ("class A:\n    @property\n    def f(self):\n        return 1\n\n    def g(self, x):\n"
+            "        return x(\n    def h(self):\n        pass\n    def cut(self):\n        retu")
+    m = code_metrics(text)
+    # f (with its decorator) compiles, g (unclosed bracket, ended by the next def) does not, h does; `cut`
+    # and the class are still open when the sample ends: not judged
+    assert (m["code_defs"], m["code_defs_compile"]) == (3, pytest.approx(200 / 3))
 
 
 def test_a_mix_gives_exact_percentages():
@@ -244,4 +254,5 @@ def test_real_stdlib_code_scores_what_the_study_says():
     text = DATASETS.get("python-stdlib")(PythonCodeConfig(name="python-stdlib", max_chars=60_000)).train_text
     m = code_metrics(text)
     assert m["code_blocks"] > 20 and m["code_blocks_compile"] == 100.0
+    assert m["code_defs"] > 20 and m["code_defs_compile"] == 100.0
     assert 50 < m["code_lines_parse"] < 98, m

@@ -37,7 +37,7 @@ SAMPLES_JSON, SAMPLES_MD = "samples.json", "samples.md"
 # the sampling grid each run decodes at its end (override with method.sampling: {...} in a study)
 SAMPLING = {"prompt": "\n", "length": 600, "seed": 0, "headline_temperature": 0.8,
             "temperature": [0.5, 0.8, 1.0, 1.2], "top_p": [0.5, 0.8, 0.9, 0.95], "beam": [1, 4]}
-CODE_KEYS = ("code_lines_parse", "code_blocks_compile")  # code corpora (a dataset registered with code=True)
+CODE_KEYS = ("code_lines_parse", "code_blocks_compile", "code_defs_compile")  # code corpora (a dataset registered with code=True)
 EVAL_STREAM_MIN = 2048  # tokens per evaluation stream at least: cold starts touch < ~5 % of the text
 EVAL_CHUNK = 256  # tokens per forward call during evaluation (state carries, so only speed depends on it)
 
@@ -91,7 +91,8 @@ def _write_samples(run_dir: Path, cfg: RunConfig, rows: list[dict], dictionary: 
                f"correct words {r['correct_words']:.1f} %, distinct-1 {r['distinct_1']:.3f}, "
                f"distinct-2 {r['distinct_2']:.3f}, repetition {r['repetition']:.3f}"
                + (f", lines that parse {r['code_lines_parse']:.1f} %, blocks that compile "
-                  f"{r['code_blocks_compile']:.1f} %" if "code_lines_parse" in r else ""), "", "```",
+                  f"{r['code_blocks_compile']:.1f} %, definitions that compile {r['code_defs_compile']:.1f} % "
+                  f"(of {r['code_defs']})" if "code_lines_parse" in r else ""), "", "```",
                r["prompt"] + r["text"], "```", ""]
     rd.atomic_write_text(run_dir / SAMPLES_MD, "\n".join(md))
 

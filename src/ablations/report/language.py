@@ -80,6 +80,7 @@ def render(run_list: list, out_dir: Path) -> str:
             ("distinct-2", "sample_distinct_2", "{:.3f}"), ("repetition", "sample_repetition", "{:.3f}"),
             ("lines parse %", "sample_code_lines_parse", "{:.1f}"),
             ("blocks compile %", "sample_code_blocks_compile", "{:.1f}"),
+            ("defs compile %", "sample_code_defs_compile", "{:.1f}"),
             ("tokens/s", "tokens_per_s", "{:,.0f}"), ("train time (s)", "train_time", "{:,.0f}")]
     # a column that no run has (code metrics on prose, word ppl of runs made before it existed) is left out
     cols = [c for c in cols if any(c[1] in r["result"] for r in runs)]
@@ -122,10 +123,11 @@ def render(run_list: list, out_dir: Path) -> str:
                   "Same model, same prompt, one sample per setting: the quality / diversity trade-off. "
                   "top-p rows use temperature 1; beam 1 is greedy decoding.", "",
                   "| strategy | setting | correct words % | distinct-1 | distinct-2 | repetition | "
-                  + ("lines parse % | blocks compile % | " if code else "") + "sample (start) |",
-                  "|---" * (9 if code else 7) + "|"]
+                  + ("lines parse % | blocks compile % | defs compile (of n) | " if code else "") + "sample (start) |",
+                  "|---" * (10 if code else 7) + "|"]
         for row in best["samples"]["rows"]:
-            cc = (f"| {row['code_lines_parse']:.1f} | {row['code_blocks_compile']:.1f} " if code else "")
+            cc = (f"| {row['code_lines_parse']:.1f} | {row['code_blocks_compile']:.1f} "
+                  f"| {row.get('code_defs_compile', float('nan')):.1f} ({row.get('code_defs', 0)}) " if code else "")
             lines.append(f"| {row['kind']} | {row['value']} | {row['correct_words']:.1f} | {row['distinct_1']:.3f} "
                          f"| {row['distinct_2']:.3f} | {row['repetition']:.3f} {cc}| {_cell(row['text'], 160)} |")
         lines.append("")
