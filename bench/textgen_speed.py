@@ -49,15 +49,19 @@ def throughput(cfg, data, dtype, steps: int, warmup: int = 3) -> float:
     for i in range(steps + warmup):
         if i == warmup:
             t0 = time.perf_counter()
-        x, y = batch_at(data.train, offs[i], T)
-        with rt.autocast(torch.device("cpu"), dtype):
-            logits, _ = model(x)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        train_step(model, opt, *batch_at(data.train, offs[i], T), dtype)
     return steps * B * T / (time.perf_counter() - t0)
+
+
+def train_step(model, opt, x, y, dtype) -> None:
+    """One language-model training step as the loop takes it: forward (autocast), loss, clip, AdamW."""
+    with rt.autocast(torch.device("cpu"), dtype):
+        logits, _ = model(x)
+    loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
 
 
 class Reached(Exception):

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import tempfile
@@ -33,19 +32,18 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
 SHARED = ROOT.parent / "shared" / "datasets"
 
 from ablations import loop  # noqa: E402
 from ablations import rundir as rd  # noqa: E402
 from ablations import runtime as rt  # noqa: E402
 from ablations.config import make  # noqa: E402
-from ablations.registry import DATASETS  # noqa: E402
-from ablations.study import get_study  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
 from ablations.data.base import DataSpec  # noqa: E402
 from ablations.data.text import batch_at, sample_offsets  # noqa: E402
-from ablations.registry import MODELS  # noqa: E402
+from ablations.registry import DATASETS, MODELS  # noqa: E402
+from ablations.study import get_study  # noqa: E402
+from textgen_speed import train_step  # noqa: E402  (bench/: the same step as the speed bench)
 
 NANOGPT_CPU = {  # nanoGPT README, "I only have a macbook" recipe, in the toolkit's keys
     "model": {"name": "transformer", "layers": 4, "heads": 4, "width": 128, "block": 64, "dropout": 0.0,
@@ -98,14 +96,7 @@ def probe_speed(cfg, data, dtype, seconds: float, warmup_s: float) -> float:
     gen = torch.Generator().manual_seed(0)
     steps, t0, timing = 0, time.perf_counter(), False
     while True:
-        x, y = batch_at(data.train, sample_offsets(len(data.train), T, B, 1, gen)[0], T)
-        with rt.autocast(torch.device("cpu"), dtype):
-            logits, _ = model(x)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        train_step(model, opt, *batch_at(data.train, sample_offsets(len(data.train), T, B, 1, gen)[0], T), dtype)
         now = time.perf_counter()
         if not timing and now - t0 >= warmup_s:
             timing, steps, t0 = True, 0, now
