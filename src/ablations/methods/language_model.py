@@ -37,7 +37,8 @@ SAMPLES_JSON, SAMPLES_MD = "samples.json", "samples.md"
 # the sampling grid each run decodes at its end (override with method.sampling: {...} in a study)
 SAMPLING = {"prompt": "\n", "length": 600, "seed": 0, "headline_temperature": 0.8,
             "temperature": [0.5, 0.8, 1.0, 1.2], "top_p": [0.5, 0.8, 0.9, 0.95], "beam": [1, 4]}
-CODE_KEYS = ("code_lines_parse", "code_blocks_compile", "code_defs_compile")  # code corpora (a dataset registered with code=True)
+# the code metrics a run reports, for corpora of code (a dataset registered with code=True)
+CODE_KEYS = ("code_lines_parse", "code_blocks_compile", "code_defs_compile")
 EVAL_STREAM_MIN = 2048  # tokens per evaluation stream at least: cold starts touch < ~5 % of the text
 EVAL_CHUNK = 256  # tokens per forward call during evaluation (state carries, so only speed depends on it)
 
@@ -190,12 +191,9 @@ class LanguageModel(Method):
             known = (lambda tok: tok in index) if cfg.data.level == "word" else None
             self.augmenter = TextAugmenter(cfg.data.augment, known, cfg.data.wordnet)
 
-    def embedding(self) -> torch.nn.Module:
-        """The model's token embedding (RNNs: .embed; the transformer: .embed too, tied to its head)."""
-        emb = getattr(self.model, "embed", None)
-        if not isinstance(emb, torch.nn.Embedding):
-            raise FieldError("method.embed_init", f"model {self.cfg.model.name} has no token embedding (.embed)")
-        return emb
+    def embedding(self) -> torch.nn.Embedding:
+        """The model's token embedding (check() admits embed_init=glove / embed_freeze only where there is one)."""
+        return self.model.embed
 
     def write_inputs(self) -> None:
         if self.cfg.method.embed_init == "glove":
