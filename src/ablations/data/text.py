@@ -12,6 +12,7 @@ training maps to (and, at word level, every token cut by the data.vocab_size cap
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 import re
 import sys
 import urllib.request
@@ -52,7 +53,11 @@ def count_words(text: str) -> int:
     """Words for word perplexity: the word tokenizer's tokens other than runs of spaces (words, punctuation
     marks and newlines, as word-level benchmarks count words and <eos>). The same count for a char model,
     so that both levels report perplexity per the same words."""
-    return sum(1 for t in _WORD_RE.findall(text) if not _SPACE_RE.fullmatch(t))
+    return _count_words(_WORD_RE.findall(text))
+
+
+def _count_words(word_tokens: list[str]) -> int:
+    return sum(1 for t in word_tokens if not _SPACE_RE.fullmatch(t))
 
 
 @dataclass
@@ -70,8 +75,6 @@ class Vocab:
         the token seen first, so the cut is deterministic); the rest map to <unk>."""
         if level == "char":
             return cls([UNK] + sorted(set(train_tokens)), level)
-        from collections import Counter
-
         counts = Counter(train_tokens).most_common(max_size - 1 if max_size else None)
         return cls([UNK] + sorted(t for t, _ in counts), level)
 
@@ -80,8 +83,12 @@ class Vocab:
 
     def encode(self, text: str) -> torch.Tensor:
         """text -> (N,) int64 ids; unknown tokens -> 0."""
+        return self.ids(tokenize(text, self.level))
+
+    def ids(self, tokens: list[str]) -> torch.Tensor:
+        """Tokens (already cut at this vocabulary's level) -> (N,) int64 ids; unknown tokens -> 0."""
         get = self.index.get
-        return torch.tensor([get(t, 0) for t in tokenize(text, self.level)], dtype=torch.int64)
+        return torch.tensor([get(t, 0) for t in tokens], dtype=torch.int64)
 
     def decode(self, ids) -> str:
         toks = self.tokens
@@ -237,9 +244,12 @@ def build_text_data(text: str, cfg: TextDataConfig, source: str) -> TextData:
     if a < min_train or b - a < 2 or n - b < 2:
         raise DataError(f"corpus {source} has only {n} characters: too short for 90/5/5 splits with "
                         f"data.seq_len={cfg.seq_len} (need about {int(min_train / 0.9) + 40})")
-    train_tokens = tokenize(parts["train"], level)
-    vocab = Vocab.build(train_tokens, level, max_size=0 if level == "char" else cfg.vocab_size)
-    enc = {k: vocab.encode(v) for k, v in parts.items()}
+    # each split cut into word tokens once: the word counts (both levels), and at word level the ids and
+    # the <unk> words too
+    wtoks = {k: tokenize(v, "word") for k, v in parts.items()}
+    toks = wtoks if level == "word" else {k: tokenize(v, level) for k, v in parts.items()}
+    vocab = Vocab.build(toks["train"], level, max_size=0 if level == "char" else cfg.vocab_size)
+    enc = {k: vocab.ids(v) for k, v in toks.items()}
     # the tokens of val+test in one piece (at word level a token never straddles a split boundary
     # that falls inside a word: we split the text first, so re-tokenising the joined text could differ)
     last10 = torch.cat([enc["val"], enc["test"]])
@@ -257,29 +267,30 @@ def build_text_data(text: str, cfg: TextDataConfig, source: str) -> TextData:
         splits["vocab"] += f" (cap data.vocab_size={cfg.vocab_size}); <unk> in val+test: {share:.2f} % of tokens"
     cpt = {k: len(parts[k]) / max(1, len(enc[k])) for k in parts}
     cpt["last10"] = (len(parts["val"]) + len(parts["test"])) / max(1, len(last10))
-    words = {k: count_words(parts[k]) for k in parts}
+    words = {k: _count_words(wtoks[k]) for k in parts}
     wpt = {k: words[k] / max(1, len(enc[k])) for k in parts}
     wpt["last10"] = (words["val"] + words["test"]) / max(1, len(last10))
     unk_share = {k: unk[k] / max(1, len(enc[k])) for k in parts}
     unk_share["last10"] = (unk["val"] + unk["test"]) / max(1, len(last10))
-    spell = {k: _unk_spell_nats(parts["train"], parts[k], vocab) if level == "word" else 0.0 for k in parts}
+    counts = Counter(parts["train"]) if level == "word" else None  # training characters, for the <unk> spelling
+    spell = {k: _unk_spell_nats(counts, len(parts["train"]), wtoks[k], vocab) if level == "word" else 0.0
+             for k in parts}
     spell["last10"] = spell["val"] + spell["test"]
     return TextData(enc["train"], enc["val"], enc["test"], last10, vocab, parts["train"], source,
                     hashlib.md5(text.encode()).hexdigest(), n, splits, cpt, wpt, unk_share, spell)
 
 
-def _unk_spell_nats(train: str, split: str, vocab: Vocab) -> float:
+def _unk_spell_nats(counts: Counter, n_train: int, split_tokens: list[str], vocab: Vocab) -> float:
     """Nats to spell the split's <unk> tokens character by character under the training text's character
-    unigram distribution (add-one over the characters seen anywhere in train + split)."""
+    unigram distribution (`counts` of its n_train characters; add-one over the characters seen anywhere in
+    train + split)."""
     import math
-    from collections import Counter
 
-    unk_text = "".join(t for t in tokenize(split, "word") if t not in vocab.index)
+    unk_text = "".join(t for t in split_tokens if t not in vocab.index)
     if not unk_text:
         return 0.0
-    counts = Counter(train)
     alphabet = set(counts) | set(unk_text)
-    total = len(train) + len(alphabet)
+    total = n_train + len(alphabet)
     return -sum(math.log((counts.get(c, 0) + 1) / total) for c in unk_text)
 
 
