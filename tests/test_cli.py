@@ -324,7 +324,7 @@ def test_the_studys_comparisons_table(tmp_path):
     from ablations.report.stats import welch
 
     accs = {"ce": [60.0, 61.0, 60.5], "sce": [64.0, 64.5, 63.5], "gce": [61.0], "lc": [60.2, 60.3, 60.4],
-            "sce2": [62.0, 63.6, 62.8]}
+            "sce2": [62.0, 63.6, 62.8], "lone": [60.0]}
     for variant, vals in accs.items():
         for seed, acc in enumerate(vals):
             d = tmp_path / "s" / variant / f"seed{seed}"
@@ -335,13 +335,16 @@ def test_the_studys_comparisons_table(tmp_path):
         {"variant": "sce", "vs": "ce", "need": 2.0}, {"variant": "sce", "vs": "ce", "need": 5.0},
         {"variant": "gce", "vs": "ce", "need": 0.5}, {"variant": "lc", "vs": "ce", "need": -0.3},
         {"variant": "ce", "vs": "sce", "need": None}, {"variant": "sce2", "vs": "ce", "need": 2.0},
-        {"variant": "lc", "vs": "ce", "need": 0.0}]})
+        {"variant": "lc", "vs": "ce", "need": 0.0}, {"variant": "gce", "vs": "lone", "need": 0.5}]})
     md = write_report(tmp_path / "s").read_text()
     p = welch(accs["ce"], accs["sce"])[2]
     assert "### The study's comparisons" in md
     assert f"| sce | ce | +3.50 | 3 vs 3 | significant, p={p:.2g} | >= +2 | yes |" in md
     assert f"| sce | ce | +3.50 | 3 vs 3 | significant, p={p:.2g} | >= +5 | no (short by 1.50) |" in md
-    assert "| gce | ce | +0.50 | 1 vs 3 | untested (n=1) | >= +0.5 | untested (n=1) |" in md
+    # one seed against three: a prediction interval (t = 0.5 / (0.5 sqrt(4/3)), 2 df, p = 0.48); one against one: nothing
+    assert ("| gce | ce | +0.50 | 1 vs 3 | not significant, p=0.48 | >= +0.5 | reached, not beyond the seed spread |"
+            in md)
+    assert "| gce | lone | +1.00 | 1 vs 1 | untested (n=1) | >= +0.5 | untested (n=1) |" in md
     # +2.3 reaches +2 but only 0.3 beyond it, inside the seed spread (0.8)
     assert "| sce2 | ce | +2.30 | 3 vs 3 |" in md and "| >= +2 | reached, not beyond the seed spread |" in md
     assert "| at least equal | no (short by 0.20) |" in md

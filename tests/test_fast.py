@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from ablations import loop
 from ablations import rundir as rd
 from ablations.config import ConfigError, OptimConfig
-from ablations.methods.supervised import Supervised, tta_logits, tta_views
+from ablations.methods.supervised import Supervised, tta_levels, tta_logits, tta_views
 from ablations.models.airnet import AirNet, AirNetConfig, whitening_filters
 from ablations.optim import build_optimizer, lr_factor
 from ablations.runtime import setup
@@ -31,8 +31,9 @@ def test_every_variant_builds_and_trains(variant, tmp_path):
     recs = rd.read_metrics(tmp_path / variant / rd.METRICS)
     assert len(recs) == cfg.train.epochs and all(math.isfinite(r["train_loss"]) for r in recs)
     assert 0 <= res["test_acc"] <= 100 and res["best_epoch"] is None  # no validation split: no best epoch
-    if cfg.method.tta:
-        assert "test_acc_no_tta" in res
+    if cfg.method.tta:  # the lower TTA levels are measured too, from the same forward passes
+        assert 0 <= res["test_acc_no_tta"] <= 100
+        assert ("test_acc_mirror" in res) == (cfg.method.tta == 2)
 
 
 def test_recipe_learns_the_synthetic_task(tmp_path):
@@ -62,6 +63,17 @@ def test_tta_is_the_weighted_mean_of_its_views():
     assert torch.allclose(tta_logits(f, x, 2), want, atol=1e-6)
     for level in (0, 1, 2):
         assert sum(w for w, _ in tta_views(x, level)) == pytest.approx(1.0)
+    # every level from one set of forward passes (a level's views are a prefix of the next level's)
+    calls = []
+
+    def counting(v):
+        calls.append(v)
+        return f(v)
+
+    levels = tta_levels(counting, x, 2)
+    assert len(calls) == len(tta_views(x, 2))
+    for level, got in enumerate(levels):
+        assert torch.allclose(got, tta_logits(f, x, level), atol=1e-6)
 
 
 def test_whitening_init_follows_its_formula():

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ablations.report.stats import betainc, t_two_sided_p, verdict, welch
+from ablations.report.stats import betainc, prediction_t, t_two_sided_p, verdict, welch
 
 
 @pytest.mark.parametrize("t, df, p", [
@@ -45,8 +45,23 @@ def test_welch_by_hand():
     assert t == pytest.approx(t_want) and df == pytest.approx(df_want) and p == pytest.approx(t_two_sided_p(t_want, df_want))
 
 
+def test_prediction_interval_test_of_one_run_against_several_seeds():
+    """With 2 degrees of freedom Student's two-sided p has a closed form: 1 - t / sqrt(2 + t^2)."""
+    t, df, p = prediction_t([0.0, 1.0, 2.0], 5.0)  # mean 1, s 1: t = 4 / sqrt(4/3)
+    assert t == pytest.approx(4.0 / math.sqrt(4.0 / 3.0)) and df == 2.0
+    assert p == pytest.approx(1.0 - t / math.sqrt(2.0 + t * t))
+    assert prediction_t([1.0, 1.0, 1.0], 1.0)[2] == 1.0 and prediction_t([1.0, 1.0, 1.0], 2.0)[2] == 0.0
+    # either side may be the single run, and the verdict is symmetric in which one it is
+    assert verdict([0.0, 1.0, 2.0], [5.0]) == ("not significant", pytest.approx(p))
+    assert verdict([5.0], [0.0, 1.0, 2.0]) == ("not significant", pytest.approx(p))
+    word, p = verdict([90.0, 90.2, 90.1], [93.0])
+    assert word == "significant" and p < 0.01
+    assert verdict([90.0, 90.2, 90.1], [90.15])[0] == "not significant"  # inside the spread
+
+
 def test_verdicts_follow_the_project_rule():
     assert verdict([93.0], [94.0, 94.2]) == ("untested (n=1)", None)
+    assert verdict([93.0], [94.0]) == ("untested (n=1)", None)
     # a 0.3 difference with a 1.0 seed spread is noise, whatever the test says
     word, p = verdict([93.0, 94.0, 95.0], [93.3, 94.3, 95.3])
     assert word == "not significant" and p > 0.05

@@ -303,22 +303,25 @@ class Supervised(Method):
         return self.data.test_x.to(self.rt.device), self.data.test_y.to(self.rt.device), self.prep
 
     @torch.no_grad()
-    def predict(self, split: str, tta: Optional[int] = None) -> tuple[float, float, torch.Tensor]:
-        """Mean loss, accuracy (%) and predictions over a split (with test-time augmentation `tta`, default
-        the method's)."""
+    def predict(self, split: str, tta: Optional[int] = None) -> tuple[float, float, torch.Tensor, dict[int, float]]:
+        """Mean loss, accuracy (%) and predictions over a split with test-time augmentation `tta` (default the
+        method's), and the accuracy (%) at every lower TTA level too: {level: acc}, from the same forward passes
+        (a level's views are a prefix of the next level's, so the no-TTA and mirror-only numbers cost nothing)."""
         xs, ys, prep = self.eval_inputs(split)
         level = getattr(self.cfg.method, "tta", 0) if tta is None else tta
-        total, correct, preds = 0.0, 0, []
+        total, correct, preds = 0.0, [0] * (level + 1), []
         for sl in batches(len(xs), self.cfg.train.eval_batch_size):
             with self.rt.autocast():
-                out = tta_logits(self.forward, prep(xs[sl]), level).float()
+                outs = [o.float() for o in tta_levels(self.forward, prep(xs[sl]), level)]
             y = ys[sl]
+            for lv, o in enumerate(outs):
+                correct[lv] += int((o.argmax(1) == y).sum())
+            out = outs[-1]
             total += float(self.loss_fn(out, y)) * len(y)
-            pred = out.argmax(1)
-            correct += int((pred == y).sum())
-            preds.append(pred.cpu())
+            preds.append(out.argmax(1).cpu())
         n = max(1, len(xs))
-        return total / n, 100.0 * correct / n, torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+        accs = {lv: 100.0 * c / n for lv, c in enumerate(correct)}
+        return (total / n, accs[level], torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long), accs)
 
     def write_inputs(self) -> None:
         d = self.data
@@ -386,7 +389,7 @@ class Supervised(Method):
         if split == "val" and self.probe is not None:
             out.update(self._noise_fit())
         if len(self.eval_inputs(split)[1]):  # an empty split (val_fraction 0) has no metrics, not 0 %
-            loss, acc, _ = self.predict(split)
+            loss, acc, _, _ = self.predict(split)
             out.update({f"{split}_loss": loss, f"{split}_acc": acc})
         if split == "val" and getattr(self.cfg.method, "test_each_epoch", False):
             out["test_acc_no_tta"] = self.predict("test", tta=0)[1]
@@ -406,10 +409,10 @@ class Supervised(Method):
         if self.cfg.train.eval_test:
             self.train_mode(False)
             t0 = time.perf_counter()
-            loss, acc, pred = self.predict("test")
+            loss, acc, pred, accs = self.predict("test")
             out.update(test_loss=loss, test_acc=acc, test_time_s=time.perf_counter() - t0)  # with its TTA
-            if getattr(self.cfg.method, "tta", 0):
-                out["test_acc_no_tta"] = self.predict("test", tta=0)[1]
+            # the lower TTA levels from the same forward passes (report section "tta")
+            out.update({TTA_KEYS[lv]: a for lv, a in accs.items() if lv < len(accs) - 1})
             y = d.test_y.cpu()
             wrong = (y != pred).nonzero().flatten()
             # up to 24 misclassified images, spread evenly over the wrong ones (they are ordered by class),
@@ -420,6 +423,8 @@ class Supervised(Method):
         return out
 
 
+# result keys of the test accuracy at the TTA levels below a run's own (its own is test_acc)
+TTA_KEYS = {0: "test_acc_no_tta", 1: "test_acc_mirror"}
 NOISE_PROBE = 1000  # training examples per group (clean / corrupted) in the label-noise fit curves
 
 
@@ -438,10 +443,15 @@ def tta_views(x: torch.Tensor, level: int) -> list[tuple[float, torch.Tensor]]:
     return [(w / 2, v) for w, v in mirror] + [(w / 4, v) for s in shifted for w, v in [(0.5, s), (0.5, s.flip(-1))]]
 
 
+def tta_levels(forward, x: torch.Tensor, level: int) -> list[torch.Tensor]:
+    """The TTA logits (B, classes) of x (B, C, H, W) at every level 0..level, one forward pass per view of
+    `level`: the views of a level are a prefix of the next level's views, each level weights its own."""
+    views = tta_views(x, level)
+    logits = [forward(v).float() for _, v in views]  # one view at a time: memory of one batch
+    return [sum(w * o for (w, _), o in zip(tta_views(x, lv), logits)) if lv else logits[0]
+            for lv in range(level + 1)]
+
+
 def tta_logits(forward, x: torch.Tensor, level: int) -> torch.Tensor:
     """The weighted mean of `forward`'s logits over the TTA views of x (B, C, H, W) -> (B, classes)."""
-    views = tta_views(x, level)
-    if len(views) == 1:
-        return forward(x)
-    # one view at a time: memory of one batch (a 224 px backbone with 6 views stacked would need 6x)
-    return sum(w * forward(v).float() for w, v in views)
+    return tta_levels(forward, x, level)[-1]

@@ -58,8 +58,9 @@ class ZeroShot(Supervised):
         logp = self.model.head(f)  # (N, classes): log ImageNet mass of each class
         pred, y = logp.argmax(1).cpu(), ys.cpu()
         if not len(y):
-            return 0.0, 0.0, pred
-        return float(F.nll_loss(logp.cpu(), y)), 100.0 * float((pred == y).float().mean()), pred
+            return 0.0, 0.0, pred, {0: 0.0}
+        acc = 100.0 * float((pred == y).float().mean())
+        return float(F.nll_loss(logp.cpu(), y)), acc, pred, {0: acc}  # no TTA: one level
 
     def finish(self, result: dict) -> dict:
         out = super().finish(result)

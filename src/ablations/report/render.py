@@ -111,8 +111,8 @@ def comparisons_table(runs: list[Run], compare: list[dict]) -> str:
     (positive = better), the verdict over seeds, and whether the difference the goal asks for (`need`) is met.
     need > 0 (an improvement of at least need): met when the mean difference reaches it AND exceeds it beyond
     seed noise (the verdict of report/stats.py against the reference shifted by need). need <= 0 (a tolerance,
-    "no worse than need"; 0: at least equal): met when the mean difference is >= need. Fewer than 2 seeds on
-    either side: untested."""
+    "no worse than need"; 0: at least equal): met when the mean difference is >= need. Where the verdict is
+    untested (one seed against one or two), so is the goal."""
     from .stats import verdict as _verdict
 
     metric, goal = runs[0].config.get("metric", "test_acc"), runs[0].config.get("goal", "max")
@@ -120,7 +120,8 @@ def comparisons_table(runs: list[Run], compare: list[dict]) -> str:
     lines = ["### The study's comparisons", "",
              "Goal column: `>= +x` an improvement of at least x points, met only when the difference exceeds x "
              "beyond the seed spread (Welch's t-test against the reference shifted by x); `no worse than -x` a "
-             "tolerance, met when the mean difference is at least -x; with one seed on either side nothing is tested.",
+             "tolerance, met when the mean difference is at least -x; one seed against one or two tests nothing, one "
+             "against three or more is tested against their spread (a prediction interval).",
              "", f"| variant | vs | difference in {metric} | seeds | verdict | goal | goal met |",
              "|---|---|---|---|---|---|---|"]
     for c in compare:
@@ -134,7 +135,7 @@ def comparisons_table(runs: list[Run], compare: list[dict]) -> str:
             diff, verdict = f"{cmp['diff']:+.2f}", cmp["verdict"] + p
             if need is None:
                 met = ""
-            elif len(a) < 2 or len(b) < 2:
+            elif cmp["verdict"].startswith("untested"):
                 met = "untested (n=1)"
             elif cmp["diff"] < need:
                 met = f"no (short by {need - cmp['diff']:.2f})"
@@ -256,7 +257,8 @@ def render_markdown(runs: list[Run], out: Path) -> str:
         best_by = _best_by(c0)
         parts += [f"'vs target' is positive where the target is met. 'vs {_variant_order(runs)[0]}': the "
                   "difference of means (positive = better) and Welch's t-test over seeds; a difference within the "
-                  "seed spread (the larger std) is 'not significant' whatever p says, and one seed tests nothing. "
+                  "seed spread (the larger std) is 'not significant' whatever p says; one seed is tested only against "
+                  "three or more of the other (a prediction interval: is it outside what one more seed would give?). "
                   f"'best epoch' is the epoch of {best_by} (for information; the reported number is the final "
                   "model's; — when there is no validation split). 'wall time' includes data loading and "
                   "evaluation.", ""]

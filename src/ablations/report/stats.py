@@ -1,9 +1,12 @@
 """Is a difference between two variants more than seed noise? Welch's t-test, with no SciPy: the two-sided
 p-value of Student's t from the regularised incomplete beta function (Numerical Recipes' continued fraction).
 
-The verdict the reports print follows the project's rule: with fewer than 2 seeds on either side nothing is
-tested; a difference no larger than the seed spread (the larger of the two standard deviations) is "not
-significant" whatever the test says; otherwise Welch's p < 0.05 decides."""
+The verdict the reports print follows the project's rule: a difference no larger than the seed spread (the larger
+of the two standard deviations) is "not significant" whatever the test says; otherwise p < 0.05 decides, from
+Welch's test with >= 2 seeds on both sides, or, for one run against >= 3 seeds of the other (an ablation that
+runs its reference on several seeds and each change once), from the prediction-interval t-test: is the single
+run outside what one more seed of the other would give, assuming the same seed variance (t = (x - mean) /
+(s sqrt(1 + 1/n)), n - 1 degrees of freedom). Anything else (one seed against one or two) is untested."""
 from __future__ import annotations
 
 import math
@@ -71,12 +74,28 @@ def welch(a: list[float], b: list[float]) -> tuple[float, float, float]:
     return t, df, t_two_sided_p(t, df)
 
 
+MIN_PREDICTION_SEEDS = 3  # seeds one side needs before a single run on the other is tested against their spread
+
+
+def prediction_t(many: list[float], one: float) -> tuple[float, float, float]:
+    """(t, df, two-sided p) of one new value against a sample of >= 2: t = (one - mean) / (s sqrt(1 + 1/n))."""
+    n, m, s = len(many), statistics.fmean(many), statistics.stdev(many)
+    if s == 0.0:
+        return (0.0 if one == m else math.copysign(math.inf, one - m)), float(n - 1), (1.0 if one == m else 0.0)
+    t = (one - m) / (s * math.sqrt(1.0 + 1.0 / n))
+    return t, float(n - 1), t_two_sided_p(t, n - 1)
+
+
 def verdict(ref: list[float], vals: list[float]) -> tuple[str, float | None]:
     """('significant' | 'not significant' | 'untested (n=1)', p or None) for vals against ref."""
-    if len(ref) < 2 or len(vals) < 2:
+    if len(ref) >= 2 and len(vals) >= 2:
+        _, _, p = welch(ref, vals)
+        spread = max(statistics.stdev(ref), statistics.stdev(vals))
+    elif min(len(ref), len(vals)) == 1 and max(len(ref), len(vals)) >= MIN_PREDICTION_SEEDS:
+        t, df, p = prediction_t(ref if len(vals) == 1 else vals, (vals if len(vals) == 1 else ref)[0])
+        spread = statistics.stdev(ref if len(vals) == 1 else vals)
+    else:
         return "untested (n=1)", None
-    _, _, p = welch(ref, vals)
-    spread = max(statistics.stdev(ref), statistics.stdev(vals))
     if abs(statistics.fmean(vals) - statistics.fmean(ref)) <= spread:
         return "not significant", p
     return ("significant" if p < ALPHA else "not significant"), p
