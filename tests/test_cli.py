@@ -185,6 +185,42 @@ def test_cli_resume_equals_uninterrupted(tmp_path, tiny_study, interrupt_after, 
     assert len(rt.Run.read(cut).invocations) == 2
 
 
+def test_sigterm_stops_a_run_like_ctrl_c(tmp_path, tiny_study, monkeypatch, capsys):
+    """`kill` (SIGTERM) mid-run: exit 143, the invocation recorded (its wall time counts), the lock released,
+    `--continue` finishes it; the process's own SIGTERM handler is back afterwards."""
+    import os
+    import signal
+
+    real = rt.save_checkpoint
+
+    def save_then_term(path, state):
+        real(path, state)
+        if state["epoch"] == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(rt, "save_checkpoint", save_then_term)
+    before = signal.getsignal(signal.SIGTERM)
+    args = ["run", str(tiny_study), "--out", str(tmp_path / "o"), "--variant", "plain"]
+    assert main(args) == 143
+    assert signal.getsignal(signal.SIGTERM) is before
+    d = tmp_path / "o" / "tiny" / "smoke" / "plain" / "seed0"
+    (inv,) = rt.Run.read(d).invocations
+    assert inv["finished"] is False and inv["wall_time"] > 0 and not (d / rt.LOCK).exists()
+    monkeypatch.setattr(rt, "save_checkpoint", real)
+    assert main(args + ["--continue"]) == 0
+    assert [i["finished"] for i in rt.Run.read(d).invocations] == [False, True]
+
+
+def test_wall_time_counts_the_epochs_of_a_process_that_left_no_record(tmp_path, tiny_study):
+    """A process killed outright (SIGKILL) records no invocation; the epochs it ran still count (their times)."""
+    assert main(["run", str(tiny_study), "--out", str(tmp_path / "o"), "--variant", "plain",
+                 "--set", "train.epochs=3"]) == 0
+    d = tmp_path / "o" / "tiny" / "smoke" / "plain" / "seed0"
+    recs = rt.read_metrics(d / rt.METRICS)
+    (d / rt.INVOCATIONS).write_text(json.dumps({"wall_time": 5.0, "resumed_from_epoch": 2, "finished": True}) + "\n")
+    assert rt.Run.read(d).wall_time == pytest.approx(5.0 + recs[0]["epoch_time"] + recs[1]["epoch_time"])
+
+
 @pytest.mark.parametrize("damage", [b"", b"garbage, not a checkpoint", "half"])
 def test_corrupt_checkpoint_one_line_nothing_touched(tmp_path, tiny_study, interrupt_after, capsys, damage):
     interrupt_after(1)

@@ -79,7 +79,7 @@ def test_zero_epochs_allowed_only_for_methods_that_train_nothing():
 def test_every_study_resolves_every_preset(name):
     st = get_study(name)
     for preset in st.presets:
-        cfgs = st.resolve(preset, seeds=2)
+        cfgs = st.resolve(preset, list(st.variants), seeds=2)  # named: also those a preset sits out (seeds 0)
         assert len(cfgs) == 2 * len(st.variants)
         assert {c.seed for c in cfgs} == {0, 1}
         assert all(c.preset == preset and c.study == name for c in cfgs)
@@ -202,10 +202,25 @@ def test_variant_seeds_override_the_study_per_preset(tmp_path, tiny_study):
     assert sorted(c.seed for c in st.resolve("smoke", seeds=2)) == [0, 0, 1, 1]  # --seeds wins
     for bad, words in [("seeds: 0", "variants.regular.seeds must be an integer >= 1"),
                        ("seeds: {fast: 3}", "variants.regular.seeds.fast: no preset 'fast'"),
-                       ("seeds: {smoke: two}", "variants.regular.seeds.smoke must be an integer")]:
+                       ("seeds: {smoke: two}", "variants.regular.seeds.smoke must be an integer"),
+                       ("seeds: {smoke: -1}", "variants.regular.seeds.smoke must be an integer >= 0")]:
         p.write_text(tiny_study.read_text().replace("    target: 60\n", f"    target: 60\n    {bad}\n"))
         with pytest.raises(ConfigError, match=re.escape(words)):
             get_study(str(p))
+
+
+def test_a_variant_can_sit_a_preset_out(tmp_path, tiny_study):
+    """seeds {preset: 0}: not run in that preset (a GPU-sized variant beyond its budget) unless named."""
+    p = tmp_path / "seeded.yaml"
+    p.write_text(tiny_study.read_text().replace("    target: 60\n", "    target: 60\n    seeds: {smoke: 0}\n"))
+    st = get_study(str(p))
+    assert [(c.variant, c.seed) for c in st.resolve("smoke")] == [("plain", 0)]
+    assert [(c.variant, c.seed) for c in st.resolve("smoke", ["regular"])] == [("regular", 0)]  # named: the study's
+    assert [c.seed for c in st.resolve("smoke", ["regular"], seeds=2)] == [0, 1]
+    p.write_text(tiny_study.read_text().replace("  plain: {target: 50}", "  plain: {target: 50, seeds: {smoke: 0}}")
+                 .replace("    target: 60\n", "    target: 60\n    seeds: {smoke: 0}\n"))
+    with pytest.raises(ConfigError, match=r"preset 'smoke' runs no variant"):
+        get_study(str(p)).resolve("smoke")
 
 
 def test_study_seeds_per_preset(tmp_path, tiny_study):

@@ -306,11 +306,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --data-dir {args.data_dir}: not a folder", file=sys.stderr)
             return 2
         os.environ["ABLATIONS_DATA"] = str(Path(args.data_dir).resolve())
+    import signal
+    import threading
+
+    # `kill` (SIGTERM) stops a run as Ctrl-C does: its invocation is recorded (wall time), its lock released
+    main_thread = threading.current_thread() is threading.main_thread()  # only it may set a handler
+    on_term = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         return args.func(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("interrupted; `ablations resume RUN_DIR` continues from the last checkpoint", file=sys.stderr)
-        return 130
+        return 143 if isinstance(e, Terminated) else 130
     except (UserError, FileNotFoundError, PermissionError) as e:
         if args.debug:
             raise
@@ -322,6 +328,17 @@ def main(argv: list[str] | None = None) -> int:
         elif not isinstance(e, distributed.RelayedError):  # rank 0 says the errors it relayed; not this one
             print(f"error (process {d.rank}): {e}", file=sys.stderr)
         return 2
+    finally:
+        if on_term is not None:
+            signal.signal(signal.SIGTERM, on_term)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so that every `finally` on the way out runs."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
 
 
 if __name__ == "__main__":

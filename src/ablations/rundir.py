@@ -486,9 +486,14 @@ class Run:
 
     @property
     def wall_time(self) -> float:
-        """Seconds spent on the run over all its invocations (resumes included)."""
+        """Seconds spent on the run over all its invocations (resumes included). A process killed outright (SIGKILL,
+        power loss) leaves no invocation record: where the first record resumes from epoch k, the measured epoch
+        times of epochs 1..k stand in for that process (a lower bound: its start-up is not in them)."""
         if self.invocations:
-            return float(sum(float(i.get("wall_time") or 0.0) for i in self.invocations))
+            t = sum(float(i.get("wall_time") or 0.0) for i in self.invocations)
+            k = self.invocations[0].get("resumed_from_epoch") or 0
+            t += sum(float(m.get("epoch_time") or 0.0) for m in self.metrics if int(m.get("epoch", 0)) <= k)
+            return float(t)
         return float((self.result or {}).get("wall_time", 0.0) or 0.0)
 
     @property

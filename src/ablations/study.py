@@ -30,7 +30,8 @@ class Variant:
     presets: dict
     description: str = ""
     # this variant's seed count where it differs from the study's (a comparison that answers the question):
-    # an int for every preset, or {preset: int}
+    # an int for every preset, or {preset: int}; 0 for a preset: not run there unless named with --variant or
+    # referenced by a variant that runs (a variant beyond that preset's time budget, e.g. a GPU-sized one)
     seeds: Any = None
 
     def n_seeds(self, preset: str) -> Optional[int]:
@@ -109,11 +110,15 @@ class Study:
                                       f"not in one of them")
             order.append(v)
 
-        for v in variants or list(self.variants):
+        for v in variants or [v for v in self.variants if self.variants[v].n_seeds(preset) != 0]:
             visit(v, ())
+        if not order:
+            raise ConfigError(f"{self.path}: preset {preset!r} runs no variant (every variant's seeds for it are 0); "
+                              f"name one with --variant")
         study_n = self.seeds.get(preset, 1) if isinstance(self.seeds, dict) else self.seeds
-        # --seeds wins; else the variant's own count, else the study's; a referenced run gets as many seeds as
-        # the most-seeded variant that references it (order lists references first)
+        # --seeds wins; else the variant's own count (0, not run unless named: then the study's), else the
+        # study's; a referenced run gets as many seeds as the most-seeded variant that references it (order lists
+        # references first)
         n = {v: seeds if seeds is not None else (self.variants[v].n_seeds(preset) or study_n) for v in order}
         for v in reversed(order):
             for ref in cfgs[v].refs().values():
@@ -153,14 +158,15 @@ def _check_compare(path: Path, spec: Any, variants: dict) -> tuple:
     return tuple(out)
 
 
-def _check_seeds(path: Path, where: str, spec: Any, presets: dict) -> Any:
-    """A seed count: None (not given), an integer >= 1, or {preset: integer >= 1}."""
+def _check_seeds(path: Path, where: str, spec: Any, presets: dict, least: int = 1) -> Any:
+    """A seed count: None (not given), an integer >= least, or {preset: integer >= least}."""
     for key, n in (spec.items() if isinstance(spec, dict) else [(None, spec)]):
         if n is None and key is None:
             continue
         at = where + (f".{key}" if key is not None else "")
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ConfigError(f"{path}: {at} must be an integer >= 1 (or a mapping preset: integer), got {n!r}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < least:
+            raise ConfigError(f"{path}: {at} must be an integer >= {least} (or a mapping preset: integer), "
+                              f"got {n!r}")
         if key is not None and key not in presets:
             raise ConfigError(f"{path}: {at}: no preset {key!r}; presets: {', '.join(presets)}")
     return spec
@@ -198,7 +204,9 @@ def load_study(path: Path) -> Study:
         target = v.get("target")
         if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float))):
             raise ConfigError(f"{path}: variants.{vname}.target must be a number, got {target!r}")
-        vseeds = _check_seeds(path, f"variants.{vname}.seeds", v.get("seeds"), raw["presets"] or {})
+        # a variant may sit a preset out (0), but not every preset: an int for all must be >= 1
+        vseeds = _check_seeds(path, f"variants.{vname}.seeds", v.get("seeds"), raw["presets"] or {},
+                              least=0 if isinstance(v.get("seeds"), dict) else 1)
         variants[str(vname)] = Variant(str(vname), v.get("set") or {}, None if target is None else float(target),
                                        v.get("presets") or {}, v.get("description", ""), vseeds)
     presets = {str(k): (p or {}) for k, p in (raw["presets"] or {}).items()}
@@ -228,7 +236,7 @@ def load_study(path: Path) -> Study:
     )
     # validate every (preset, variant) combination now, so a typo fails before any run starts
     for p in study.presets:
-        study.resolve(p, seeds=1)
+        study.resolve(p, list(study.variants), seeds=1)  # named: also the variants a preset sits out (seeds 0)
     return study
 
 

@@ -428,28 +428,29 @@ TTA_KEYS = {0: "test_acc_no_tta", 1: "test_acc_mirror"}
 NOISE_PROBE = 1000  # training examples per group (clean / corrupted) in the label-noise fit curves
 
 
+def tta_weights(level: int) -> list[float]:
+    """The weights of tta_views(x, level), in its order; they sum to 1."""
+    return [[1.0], [0.5, 0.5], [0.25, 0.25, 0.125, 0.125, 0.125, 0.125]][level]
+
+
 def tta_views(x: torch.Tensor, level: int) -> list[tuple[float, torch.Tensor]]:
     """(weight, view) pairs whose weighted logits make the TTA prediction; weights sum to 1.
     Level 1: the image and its mirror, 1/2 each. Level 2 (airbench): those two at 1/4 each, and the
-    mirrored pair of the image shifted by 1 px up-left and by 1 px down-right (reflection) at 1/8 each."""
-    if level == 0:
-        return [(1.0, x)]
-    mirror = [(0.5, x), (0.5, x.flip(-1))]
-    if level == 1:
-        return mirror
-    H, W = x.shape[-2:]
-    p = F.pad(x, (1, 1, 1, 1), mode="reflect")
-    shifted = [p[..., 0:H, 0:W], p[..., 2:H + 2, 2:W + 2]]
-    return [(w / 2, v) for w, v in mirror] + [(w / 4, v) for s in shifted for w, v in [(0.5, s), (0.5, s.flip(-1))]]
+    mirrored pair of the image shifted by 1 px up-left and by 1 px down-right (reflection) at 1/8 each.
+    A level's views are a prefix of the next level's (tta_levels measures every level from one pass)."""
+    views = [x] if level == 0 else [x, x.flip(-1)]
+    if level == 2:
+        H, W = x.shape[-2:]
+        p = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        views += [v for s in (p[..., 0:H, 0:W], p[..., 2:H + 2, 2:W + 2]) for v in (s, s.flip(-1))]
+    return list(zip(tta_weights(level), views))
 
 
 def tta_levels(forward, x: torch.Tensor, level: int) -> list[torch.Tensor]:
     """The TTA logits (B, classes) of x (B, C, H, W) at every level 0..level, one forward pass per view of
     `level`: the views of a level are a prefix of the next level's views, each level weights its own."""
-    views = tta_views(x, level)
-    logits = [forward(v).float() for _, v in views]  # one view at a time: memory of one batch
-    return [sum(w * o for (w, _), o in zip(tta_views(x, lv), logits)) if lv else logits[0]
-            for lv in range(level + 1)]
+    logits = [forward(v).float() for _, v in tta_views(x, level)]  # one view at a time: memory of one batch
+    return [sum(w * o for w, o in zip(tta_weights(lv), logits)) for lv in range(level + 1)]
 
 
 def tta_logits(forward, x: torch.Tensor, level: int) -> torch.Tensor:
