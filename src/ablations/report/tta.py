@@ -63,6 +63,8 @@ def render(run_list: list, out_dir: Path) -> str:
         everything.setdefault(level, []).extend(diffs)
         lines.append(f"| {v} | {LEVELS.get(level, level)} | {_fmt(acc)} | {_fmt(mirror) if mirror else '—'} "
                      f"| {_fmt(none)} | {_gain(diffs)} | {len(rs)} |")
+    if len(by_variant) < 2:  # the one row says it all
+        return "\n".join(lines)
     lines.append("")
     for level, diffs in sorted(everything.items(), reverse=True):
         lines.append(f"Over all {len(diffs)} runs with TTA {LEVELS.get(level, level)}: {_gain(diffs)} points "
