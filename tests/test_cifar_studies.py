@@ -8,10 +8,13 @@ import pytest
 
 from ablations import loop
 from ablations import rundir as rd
+from ablations.study import STUDIES as STUDY_REGISTRY
 from ablations.study import get_study
 
-STUDIES = ["cifar10-regularization", "cifar10-explore", "cifar10-resnetify", "cifar10-norms", "cifar10-augment",
-           "cifar10-noisy-labels", "cifar10-coreset", "cifar100-fast"]
+# every from-scratch CIFAR study of the registry (cifar10-fast has its own file, tests/test_fast.py)
+STUDIES = [n for n in STUDY_REGISTRY.names() if n != "cifar10-fast"
+           and get_study(n).base.get("data", {}).get("name") in ("cifar10", "cifar100")
+           and get_study(n).base.get("method", {}).get("name") == "supervised"]
 # width 16: the VGG and convnet at half width (group16 still divides every block's channels)
 SMALL = {"data.name": "synthetic", "data.n_train": 96, "data.n_test": 32, "data.limit": 0, "data.limit_eval": 0,
          "model.width": 16, "train.epochs": 1, "train.batch_size": 32, "train.threads": 1}
