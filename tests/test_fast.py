@@ -239,3 +239,32 @@ def test_triangle_schedule_shape(total, peak, start, end):
 def test_bad_combinations_are_refused_at_load(sets, match):
     with pytest.raises(ConfigError, match=match):
         STUDY.resolve("smoke", ["recipe"], sets=sets)
+
+
+def test_tta_report_section_pairs_each_run_with_itself(tmp_path):
+    """The section's gain is the per-run difference (TTA - none), so it is exact for made-up runs whose seeds
+    differ a lot but whose TTA gains do not; one-row tables skip the all-runs summary."""
+    import json
+    import statistics
+
+    from ablations.config import make
+    from ablations.report.render import write_report
+    from ablations.report.stats import t_two_sided_p
+
+    runs = {"recipe": [(80.0, 79.5, 79.0), (84.0, 83.6, 83.2), (82.0, 81.5, 81.1)], "relu": [(81.0, 80.0, 80.5)]}
+    for variant, accs in runs.items():
+        for seed, (tta, mirror, none) in enumerate(accs):
+            d = tmp_path / "s" / variant / f"seed{seed}"
+            d.mkdir(parents=True)
+            (d / rd.CONFIG).write_text(json.dumps(make({"method.tta": 2}, study="s", variant=variant, seed=seed).to_dict()))
+            (d / rd.RESULT).write_text(json.dumps({"test_acc": tta, "test_acc_mirror": mirror, "test_acc_no_tta": none,
+                                                   "epochs": 1, "wall_time": 1}))
+    md = write_report(tmp_path / "s").read_text()
+    gains = [1.0, 0.8, 0.9]
+    m, s = statistics.fmean(gains), statistics.stdev(gains)
+    p = t_two_sided_p(m / (s / math.sqrt(3)), 2)
+    assert "## Test-time augmentation" in md
+    assert f"| recipe | mirror + 1 px shifts (6 views) | 82.00 ± 2.00 | 81.53 ± 2.05 | 81.10 ± 2.10 | " \
+           f"+{m:.2f} ± {s:.2f} (significant, p={p:.2g}) | 3 |" in md
+    assert "| relu | mirror + 1 px shifts (6 views) | 81.00 | 80.00 | 80.50 | +0.50 (n=1) | 1 |" in md
+    assert "Over all 4 runs with TTA mirror + 1 px shifts (6 views): +0.80 ± " in md

@@ -73,7 +73,8 @@ def build_data(cfg: RunConfig, preprocess: Optional[dict], refs: Optional[dict[s
 class Supervised(Method):
     Config = SupervisedConfig
     input = "images"
-    report_sections = ("results", "curves", "noisy_labels", "explanations")  # the last two: only where there is something to show
+    # the last three: only where there is something to show (TTA runs, label noise, explained runs)
+    report_sections = ("results", "curves", "tta", "noisy_labels", "explanations")
     uses_all_train = False  # keep Splits.all_train_x (a reference to the dataset's train split) after __init__
 
     @classmethod

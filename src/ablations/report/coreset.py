@@ -23,7 +23,7 @@ def _kind(run: rt.Run) -> str:
 @SECTIONS.register("coreset")
 def render(run_list: list, out_dir: Path) -> str:
     """Core-sets: accuracy vs kept fraction per score, end-to-end time against the whole set."""
-    from .render import _variant_order, mean_std
+    from .render import group_by_variant, mean_std
     from .render import fmt_values as _fmt
 
     runs = [r for r in run_list if r.result is not None]
@@ -31,10 +31,7 @@ def render(run_list: list, out_dir: Path) -> str:
         return ""
     metric = runs[0].config.get("metric", "test_acc")
     proxies = {(r.variant, r.seed): r for r in runs if _kind(r) == "proxy"}
-    order = _variant_order(run_list)
-    by_variant: dict[str, list[rt.Run]] = {}
-    for r in sorted(runs, key=lambda r: (order.index(r.variant) if r.variant in order else len(order), r.seed)):
-        by_variant.setdefault(r.variant, []).append(r)
+    by_variant = group_by_variant(runs, run_list)
     whole_time = [r.wall_time for r in runs if _kind(r) == "whole"]
     whole_acc = [float(r.result[metric]) for r in runs if _kind(r) == "whole" and metric in r.result]
     base_t = mean_std(whole_time)[0] if whole_time else None

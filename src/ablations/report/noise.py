@@ -36,16 +36,13 @@ def _best_and_last_test(run: rt.Run) -> tuple[float | None, float | None]:
 @SECTIONS.register("noisy_labels")
 def render(run_list: list, out_dir: Path) -> str:
     """Label noise: best-epoch vs last-epoch clean-test accuracy per variant, and the fit curves."""
-    from .render import _variant_order
+    from .render import group_by_variant
     from .render import fmt_values as _fmt_mean
 
     runs = [r for r in run_list if r.result is not None and any("fit_clean" in m for m in r.metrics)]
     if not runs:
         return ""
-    order = _variant_order(run_list)
-    by_variant: dict[str, list[rt.Run]] = {}
-    for r in sorted(runs, key=lambda r: (order.index(r.variant) if r.variant in order else len(order), r.seed)):
-        by_variant.setdefault(r.variant, []).append(r)
+    by_variant = group_by_variant(runs, run_list)
     lines = ["## Label noise: memorisation", "",
              "Clean-test accuracy (%) at the epoch of best (clean) validation accuracy and at the last epoch; "
              "the gap is what memorising the wrong labels costs. Fit (%): the last epoch's accuracy on a fixed "

@@ -46,6 +46,15 @@ def _variant_order(runs: list[Run]) -> list[str]:
     return sorted(seen, key=lambda v: order.index(v) if v in order else len(order) + seen.index(v))
 
 
+def group_by_variant(runs: list[Run], run_list: list[Run]) -> dict[str, list[Run]]:
+    """`runs` grouped by variant, variants in the study's order (of `run_list`), each group by seed."""
+    order = _variant_order(run_list)
+    out: dict[str, list[Run]] = {}
+    for r in sorted(runs, key=lambda r: (order.index(r.variant) if r.variant in order else len(order), r.seed)):
+        out.setdefault(r.variant, []).append(r)
+    return out
+
+
 def save_figure(fig, path: Path, dpi: int = 110) -> Path:
     """Lay out, write and close a matplotlib figure (the report sections' PNGs)."""
     import matplotlib.pyplot as plt

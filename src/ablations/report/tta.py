@@ -38,16 +38,13 @@ def _gain(diffs: list[float]) -> str:
 @SECTIONS.register("tta")
 def render(run_list: list, out_dir: Path) -> str:
     """Test-time augmentation: accuracy with the run's TTA, mirror only and none, per variant and over all runs."""
-    from .render import _variant_order
+    from .render import group_by_variant
     from .render import fmt_values as _fmt
 
     runs = [r for r in run_list if r.result is not None and "test_acc_no_tta" in r.result and "test_acc" in r.result]
     if not runs:
         return ""
-    order = _variant_order(run_list)
-    by_variant: dict[str, list] = {}
-    for r in sorted(runs, key=lambda r: (order.index(r.variant) if r.variant in order else len(order), r.seed)):
-        by_variant.setdefault(r.variant, []).append(r)
+    by_variant = group_by_variant(runs, run_list)
     lines = ["## Test-time augmentation", "",
              "Each run's test accuracy with its own TTA, with the mirror only and with none, all from the same "
              "forward passes of the same trained network; the gain is the paired difference (TTA - none) per run, "
