@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -306,9 +308,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --data-dir {args.data_dir}: not a folder", file=sys.stderr)
             return 2
         os.environ["ABLATIONS_DATA"] = str(Path(args.data_dir).resolve())
-    import signal
-    import threading
-
     # `kill` (SIGTERM) stops a run as Ctrl-C does: its invocation is recorded (wall time), its lock released
     main_thread = threading.current_thread() is threading.main_thread()  # only it may set a handler
     on_term = signal.signal(signal.SIGTERM, _terminate) if main_thread else None

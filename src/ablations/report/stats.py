@@ -92,8 +92,9 @@ def verdict(ref: list[float], vals: list[float]) -> tuple[str, float | None]:
         _, _, p = welch(ref, vals)
         spread = max(statistics.stdev(ref), statistics.stdev(vals))
     elif min(len(ref), len(vals)) == 1 and max(len(ref), len(vals)) >= MIN_PREDICTION_SEEDS:
-        t, df, p = prediction_t(ref if len(vals) == 1 else vals, (vals if len(vals) == 1 else ref)[0])
-        spread = statistics.stdev(ref if len(vals) == 1 else vals)
+        many, one = (ref, vals[0]) if len(vals) == 1 else (vals, ref[0])
+        p = prediction_t(many, one)[2]
+        spread = statistics.stdev(many)
     else:
         return "untested (n=1)", None
     if abs(statistics.fmean(vals) - statistics.fmean(ref)) <= spread:
