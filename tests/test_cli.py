@@ -143,6 +143,11 @@ def test_report_from_fake_run_files(tmp_path):
     assert "| v1 | 73 | 72.00 ± 2.83 | 2 | -1.00 (within 2) | reference | 3, 3 | 3, 3 | 90 s | cpu/bfloat16 |" in md
     assert f"| v2 |  | 80.50 ± 0.71 | 2 |  | +8.50 (not significant, p={p:.2g}) | 3, 3 |" in md and p > 0.05
     assert "total wall time 6.0 min" in md
+    # how training went: the loss after epochs 1, 2 (half of 3) and 3, the last train accuracy vs the test's
+    assert "| variant | loss, epoch 1 | loss, epoch 2 | loss, epoch 3 | train acc | test acc | gap | img/s | runs |" in md
+    assert "| v1 | 1.000 ± 0.000 | 0.500 ± 0.000 | 0.333 ± 0.000 | 53.00 ± 0.00 | 72.00 ± 2.83 | -19.00 ± 2.83 " \
+           "| n/a | 2 |" in md
+    assert "| v2 | 1.000 ± 0.000 | 0.500 ± 0.000 | 0.333 ± 0.000 | 53.00 ± 0.00 | 80.50 ± 0.71 | -27.50 ± 0.71 " in md
     csv = (tmp_path / "s" / "summary.csv").read_text().splitlines()
     assert csv == ["variant,metric,mean,std,seeds,runs,target,met,wall_time_s,vs_reference,verdict,p_value",
                    "v1,test_acc,72,2.82843,2,2,73,false,90.0,,reference,",
@@ -164,10 +169,11 @@ def _metrics(d):
             for r in rt.read_metrics(d / rt.METRICS)]
 
 
-@pytest.mark.parametrize("how", ["resume", "continue"])
-def test_cli_resume_equals_uninterrupted(tmp_path, tiny_study, interrupt_after, capsys, how):
-    """`ablations resume DIR` and `run --continue` after a crash give what an uninterrupted run gives."""
-    sets = ["--set", "train.epochs=3", "--variant", "regular"]
+@pytest.mark.parametrize("how,keep", [("resume", "last"), ("continue", "last"), ("continue", "best")])
+def test_cli_resume_equals_uninterrupted(tmp_path, tiny_study, interrupt_after, capsys, how, keep):
+    """`ablations resume DIR` and `run --continue` after a crash give what an uninterrupted run gives (with
+    train.keep=best too: the best epoch's weights travel in the checkpoint)."""
+    sets = ["--set", "train.epochs=3", "--set", f"train.keep={keep}", "--variant", "regular"]
     assert main(["run", str(tiny_study), "--out", str(tmp_path / "full"), *sets]) == 0
     restore = interrupt_after(2)
     assert main(["run", str(tiny_study), "--out", str(tmp_path / "cut"), *sets]) == 130
@@ -183,6 +189,48 @@ def test_cli_resume_equals_uninterrupted(tmp_path, tiny_study, interrupt_after, 
     assert (cut / rt.FINAL).read_bytes() == (full / rt.FINAL).read_bytes()
     assert rt.read_json(cut / rt.RESULT)["test_acc"] == rt.read_json(full / rt.RESULT)["test_acc"]
     assert len(rt.Run.read(cut).invocations) == 2
+
+
+def test_keep_best_tests_and_exports_the_best_validation_epoch(tmp_path, tiny_study, monkeypatch, capsys):
+    """train.keep=best: with validation accuracy falling after epoch 1, the test and final.safetensors are
+    epoch 1's weights (kept in the checkpoint), not the last epoch's; keep=last exports the last."""
+    import torch
+    from safetensors.torch import load_file
+
+    from ablations.methods.supervised import Supervised
+
+    real = Supervised.evaluate
+
+    def falling(self, split):
+        out = real(self, split)
+        if split == "val":
+            out["val_acc"] = 90.0 - 10 * len(rt.read_metrics(self.run_dir / rt.METRICS))  # 90, 80, 70
+        return out
+
+    monkeypatch.setattr(Supervised, "evaluate", falling)
+    dirs = {}
+    for keep in ("best", "last"):
+        assert main(["run", str(tiny_study), "--out", str(tmp_path / keep), "--variant", "plain",
+                     "--set", "train.epochs=3", "--set", f"train.keep={keep}"]) == 0
+        dirs[keep] = tmp_path / keep / "tiny" / "smoke" / "plain" / "seed0"
+    res = rt.read_json(dirs["best"] / rt.RESULT)
+    assert res["best_epoch"] == res["kept_epoch"] == 1 and res["val_acc"] == 70.0  # the last epoch's record
+    assert rt.read_json(dirs["last"] / rt.RESULT)["kept_epoch"] == 3
+    ck = rt.load_checkpoint(dirs["best"] / rt.CHECKPOINT)
+    best, final = ck["best_state"], load_file(dirs["best"] / rt.FINAL)
+    assert all(torch.equal(final[k], v) for k, v in best.items() if k in final)
+    assert not all(torch.equal(final[k], v) for k, v in ck["model"].items() if k in final)  # not the last
+    last = load_file(dirs["last"] / rt.FINAL)
+    assert all(torch.equal(last[k], v) for k, v in ck["model"].items() if k in last)  # same run until the end
+    assert "the reported number is that epoch's model: train.keep=best" in \
+        (tmp_path / "best" / "tiny" / "smoke" / "report.md").read_text()
+
+
+def test_keep_best_without_validation_stops_after_the_first_epoch(tmp_path, tiny_study, capsys):
+    args = ["run", str(tiny_study), "--out", str(tmp_path / "o"), "--variant", "plain",
+            "--set", "train.keep=best", "--set", "data.val_fraction=0"]
+    assert main(args) == 2  # bad input, said in one line
+    assert "train.keep=best: epoch 1 recorded no val_acc" in capsys.readouterr().err
 
 
 def test_sigterm_stops_a_run_like_ctrl_c(tmp_path, tiny_study, monkeypatch, capsys):

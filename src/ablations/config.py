@@ -129,6 +129,9 @@ class TrainConfig(Section):
     checkpoint_every: int = opt(1, "epochs between checkpoints", ge=1)
     log_every: int = opt(50, "steps between plain log lines when stdout is not a terminal", ge=1)
     eval_test: bool = opt(True, "evaluate the test split after the last epoch")
+    keep: Literal["last", "best"] = opt(
+        "last", "the weights that are tested and exported: the last epoch's, or those of the best validation epoch "
+        "(the method's `best` metric; early stopping without stopping: every epoch still trains)")
 
 
 _TYPED = ("data", "model", "method", "loss")  # sections typed by the registry entry their `name` picks

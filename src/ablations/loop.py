@@ -115,6 +115,9 @@ def _train(method, cfg: RunConfig, rt: runtime.Runtime, run_dir: Path, resume: b
     spe = method.steps_per_epoch()
     total = spe * tc.epochs
     start_epoch, step = 1, 0
+    # train.keep=best: a copy of the trainable module's weights at the best validation epoch so far (tested and
+    # exported at the end; in every checkpoint, so a resumed run keeps the same epoch)
+    keep_best, best_state = tc.keep == "best", None
     if resume:
         ck = rd.load_checkpoint(run_dir / rd.CHECKPOINT)
         method.model.load_state_dict(ck["model"])
@@ -126,6 +129,7 @@ def _train(method, cfg: RunConfig, rt: runtime.Runtime, run_dir: Path, resume: b
         if main:
             log.truncate_after(ck["epoch"])
         start_epoch, step, best = ck["epoch"] + 1, ck["step"], ck["best"]
+        best_state = ck.get("best_state")
     distributed.broadcast_module(method.model)
     began["epoch"] = start_epoch
     elapsed = sum(r.get("epoch_time", 0.0) for r in log.read())
@@ -167,8 +171,13 @@ def _train(method, cfg: RunConfig, rt: runtime.Runtime, run_dir: Path, resume: b
         elapsed += time.time() - t0
         rec.update(epoch_time=time.time() - t0, time=elapsed)
         v = rec.get(key)
+        if keep_best and main and v is None:  # after the first epoch, not at the end of a long run
+            raise RunError(f"train.keep=best: epoch {epoch} recorded no {key} to pick the best epoch by "
+                           "(no validation split? set data.val_fraction > 0)")
         if v is not None and (v > best[key] if goal == "max" else v < best[key]):
             best = {key: v, "epoch": epoch}
+            if keep_best:
+                best_state = {k: t.detach().clone() for k, t in net.state_dict().items()}
         if main:
             log.append(rec)
             runtime.log_epoch(cfg.variant, rec, tc.epochs)
@@ -177,14 +186,19 @@ def _train(method, cfg: RunConfig, rt: runtime.Runtime, run_dir: Path, resume: b
                      "step": step, "best": best, "rng": runtime.rng_state(), "method": method.state_dict()}
             if scaler.is_enabled():
                 state["scaler"] = scaler.state_dict()
+            if keep_best:
+                state["best_state"] = best_state
             rd.save_checkpoint(run_dir / rd.CHECKPOINT, state)
         if on_epoch is not None:
             on_epoch(rec)
+    if keep_best and best_state is not None:  # the test and final.safetensors see the best epoch's weights
+        net.load_state_dict(best_state)
     records = log.read()
     last = records[-1] if records else {}
     # no validation split (val_fraction 0): no best epoch, not -inf
     result = {"epochs": tc.epochs, **base, "steps": step, "best_epoch": best["epoch"] or None,
               f"best_{key}": best[key] if best["epoch"] else None,
+              "kept_epoch": best["epoch"] if keep_best and best_state is not None else tc.epochs,
               "trainable_params": runtime.count_params(net, trainable_only=True),
               **{k: v for k, v in last.items() if k.startswith(("train_", "val_")) or k.endswith("_per_s")},
               "train_time": elapsed}  # seconds in epochs (train + val), summed over resumes

@@ -74,7 +74,7 @@ class Supervised(Method):
     Config = SupervisedConfig
     input = "images"
     # the last three: only where there is something to show (TTA runs, label noise, explained runs)
-    report_sections = ("results", "curves", "tta", "noisy_labels", "explanations")
+    report_sections = ("results", "curves", "training", "tta", "noisy_labels", "explanations")
     uses_all_train = False  # keep Splits.all_train_x (a reference to the dataset's train split) after __init__
 
     @classmethod

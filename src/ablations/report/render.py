@@ -202,8 +202,11 @@ def plot_curves(runs: list[Run], out: Path) -> Path | None:
     if not panels:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
+    order = _variant_order(runs)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, v in enumerate(_variant_order(runs)):
+    if len(order) > len(colors):  # past 10 variants the default cycle repeats: 20 distinct colours, then repeats
+        colors = [plt.get_cmap("tab20")(k) for k in range(20)]
+    for i, v in enumerate(order):
         r = min((r for r in runs if r.variant == v), key=lambda r: r.config.get("seed", 0))
         ep = [m["epoch"] for m in r.metrics]
         for ax, (tk, vk, label) in zip(axes[0], panels):
@@ -268,9 +271,8 @@ def render_markdown(runs: list[Run], out: Path) -> str:
                   "difference of means (positive = better) and Welch's t-test over seeds; a difference within the "
                   "seed spread (the larger std) is 'not significant' whatever p says; one seed is tested only against "
                   "three or more of the other (a prediction interval: is it outside what one more seed would give?). "
-                  f"'best epoch' is the epoch of {best_by} (for information; the reported number is the final "
-                  "model's; — when there is no validation split). 'wall time' includes data loading and "
-                  "evaluation.", ""]
+                  f"'best epoch' is the epoch of {best_by} ({_kept(done)}; — when there is no validation "
+                  "split). 'wall time' includes data loading and evaluation.", ""]
     if st.get("notes"):
         parts += [st["notes"].strip(), ""]
     curves = plot_curves(runs, out)
@@ -299,6 +301,17 @@ def render_markdown(runs: list[Run], out: Path) -> str:
                   f"{env.get('versions', {}).get('torch', '?')}, git {env.get('git_commit', '?')}",
                   ""]
     return "\n".join(parts)
+
+
+def _kept(runs: list[Run]) -> str:
+    """Which epoch's model the reported number is of (train.keep), in words."""
+    best = {r.variant for r in runs if (r.config.get("train") or {}).get("keep") == "best"}
+    if not best:
+        return "for information: the reported number is the final model's"
+    if len(best) == len({r.variant for r in runs}):
+        return "the reported number is that epoch's model: train.keep=best"
+    return "the reported number is that epoch's model for " + ", ".join(sorted(best)) + " (train.keep=best), " \
+           "the final model's elsewhere"
 
 
 def _best_by(cfg: dict) -> str:
