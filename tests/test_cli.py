@@ -164,6 +164,21 @@ def test_report_from_fake_run_files(tmp_path):
     assert text.startswith("<!-- how it was made -->\n> measured here\n\n# ") and "stale" not in text
 
 
+def test_copy_keeps_shown_pngs_and_unlinks_the_ones_it_does_not_copy(tmp_path):
+    """--copy-to copies what the report shows; a PNG it only links (every run's confusion matrix) stays in the
+    run dir, so the copy names it without a link rather than with a broken one."""
+    from ablations.report.render import _relink
+
+    out, dest = tmp_path / "run", tmp_path / "docs" / "x.md"
+    out.mkdir()
+    dest.parent.mkdir()
+    for name in ("shown.png", "other.png"):
+        (out / name).write_bytes(b"png")
+    md = _relink("![a](shown.png) Other runs: [b (seed 1)](other.png), [c](https://x.org/page)", out, dest, "x")
+    assert md == "![a](x-shown.png) Other runs: b (seed 1), [c](https://x.org/page)"
+    assert (dest.parent / "x-shown.png").exists() and not (dest.parent / "x-other.png").exists()
+
+
 def _metrics(d):
     return [{k: v for k, v in r.items() if k not in ("epoch_time", "time", "img_per_s", "epoch_train_s")}
             for r in rt.read_metrics(d / rt.METRICS)]

@@ -434,7 +434,9 @@ def _relink(md: str, out: Path, dest: Path, prefix: str) -> str:
         return f"![{m.group(1)}]({name})"
 
     md = re.sub(r"!\[([^\]]*)\]\(([^)]+\.png)\)", relink, md)
-    return re.sub(r"(?<!!)\[([^\]]*)\]\(([^)/]+\.html)\)", lambda m: relink(m).removeprefix("!"), md)  # linked pages (LSTM cells)
+    md = re.sub(r"(?<!!)\[([^\]]*)\]\(([^)/]+\.html)\)", lambda m: relink(m).removeprefix("!"), md)  # linked pages (LSTM cells)
+    # PNGs only linked (every run's confusion matrix): they stay in the run dir, so the copy names them unlinked
+    return re.sub(r"(?<!!)\[([^\]]*)\]\(([^)/]+\.png)\)", lambda m: m.group(1), md)
 
 
 def write_section_digest(dirs: list[Path], sections: list[str], dest: Path) -> Path:
