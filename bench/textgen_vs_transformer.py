@@ -4,6 +4,7 @@ one invocation: validation loss against seconds of training, and the final loss 
     python bench/textgen_vs_transformer.py                   # 5 training minutes per model (~20 min in all)
     python bench/textgen_vs_transformer.py --minutes 10 --models lstm1 transformer
     python bench/textgen_vs_transformer.py --smoke           # seconds: tiny models, a temp --out
+    python bench/textgen_vs_transformer.py --models lstm-h256 transformer --seeds 2   # mean +- std per model
 
 The transformer is nanoGPT's README CPU recipe (the peer the issue measured: 4 layers x 128, 4 heads,
 context 64, no biases, batch 12, AdamW lr 1e-3 with betas (0.9, 0.99), weight decay 0.1, 100 warm-up steps, cosine to
@@ -124,6 +125,8 @@ def main() -> int:
     p.add_argument("--evals", type=int, default=None, help="validations per model over its budget (default 15)")
     p.add_argument("--probe-seconds", type=float, default=None, help="timed seconds of the speed probe, after "
                    "a quarter of that of warm-up (default 12)")
+    p.add_argument("--seeds", type=int, default=1, help="runs per model (seeds 0..N-1: init, batches, dropout); "
+                   "the table gives mean +- std and whether the best model's lead is larger than the seed spread")
     p.add_argument("--smoke", action="store_true", help="seconds: the smoke preset's tiny models, a temp --out")
     p.add_argument("--out", default=None, help="default bench/results/textgen_vs_transformer.json")
     args = p.parse_args()
@@ -140,7 +143,7 @@ def main() -> int:
     load0 = os.getloadavg()[0]
     plans = configs(preset, args.models, args.threads)
     rows = []
-    for name in args.models:
+    for name, seed in [(n, s) for n in args.models for s in range(args.seeds)]:
         d, warm_steps = plans[name]
         cfg = make(d)
         data = DATASETS.get(cfg.data.name)(cfg.data)
@@ -155,8 +158,9 @@ def main() -> int:
         d["train"].update(steps_per_epoch=every, epochs=steps // every, eval_test=True, checkpoint_every=10**6)
         d["optim"]["warmup"] = warm_steps / every  # the loop's warm-up is in epochs (of `every` steps)
         d["method"]["sampling"] = {"length": 10, "temperature": [0.8], "top_p": [], "beam": [1]}
+        d["seed"] = seed
         cfg = make(d)
-        print(f"{name}: {cps:,.0f} chars/s in the probe -> {steps} steps of {batch_chars} chars "
+        print(f"{name} seed {seed}: {cps:,.0f} chars/s in the probe -> {steps} steps of {batch_chars} chars "
               f"({steps * batch_chars / 1e6:.2f} M chars) for {args.minutes} min", flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             res = loop.run(cfg, Path(tmp) / name)
@@ -164,7 +168,7 @@ def main() -> int:
         m = cfg.model
         desc = (f"{m.name} {m.layers}x{m.hidden}" if hasattr(m, "hidden")
                 else f"transformer {m.layers}x{m.width}, {m.heads} heads, context {m.block}")
-        rows.append({"model": name, "desc": desc, "params": res["params"], "steps": steps,
+        rows.append({"model": name, "seed": seed, "desc": desc, "params": res["params"], "steps": steps,
                      "batch": f"{cfg.train.batch_size} x {cfg.data.seq_len}", "lr": cfg.optim.lr,
                      "probe_chars_per_s": round(cps), "chars_trained": steps * batch_chars,
                      "train_seconds": curve[-1]["train_seconds"] if curve else None,
@@ -175,7 +179,7 @@ def main() -> int:
                           "precision": "bf16" if rt.cpu_has_bf16() else "fp32", "torch": torch.__version__,
                           "threads": args.threads, "load_average_at_start": round(load0, 2),
                           "load_average_at_end": round(os.getloadavg()[0], 2)},
-              "minutes_per_model": args.minutes, "evals": args.evals, "rows": rows,
+              "minutes_per_model": args.minutes, "evals": args.evals, "seeds": args.seeds, "rows": rows,
               "command": "python bench/textgen_vs_transformer.py " + " ".join(sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d %H:%M")}
     out = Path(args.out)
@@ -190,6 +194,8 @@ def main() -> int:
 
         fig, ax = plt.subplots(figsize=(7, 4.2))
         for r in rows:
+            if r["seed"]:
+                continue  # one curve per model (seed 0) keeps the plot readable
             ax.plot([c["train_seconds"] / 60 for c in r["curve"]], [c["val_loss"] for c in r["curve"]],
                     label=f"{r['model']} ({r['desc']})")
         ax.set_xlabel("training minutes (optimiser steps; validation excluded)")
@@ -202,19 +208,32 @@ def main() -> int:
         fig.savefig(png, dpi=110)
     except ImportError:
         png = None
-    best = min(rows, key=lambda r: r["last10_loss"])
+    from ablations.report.stats import verdict
+
+    per = {n: [r["last10_loss"] for r in rows if r["model"] == n] for n in args.models}
+    mean = {n: sum(v) / len(v) for n, v in per.items()}
+    std = {n: (sum((x - mean[n]) ** 2 for x in v) / (len(v) - 1)) ** 0.5 if len(v) > 1 else 0.0
+           for n, v in per.items()}
+    best = min(args.models, key=mean.get)
     md = [f"# Recurrent models vs a small transformer at equal training time ({result['date']})", "",
           f"`{result['command']}`: {args.minutes} training minutes per model on {result['machine']['cpu']} "
           f"({result['machine']['precision']}, {args.threads} threads, {os.cpu_count()} cores; load average "
           f"{result['machine']['load_average_at_start']} -> {result['machine']['load_average_at_end']}). "
           f"tiny-shakespeare, first 90 % trains, metric nats/char on the last 10 % (final model, fp32). "
           f"CPU flags: {' '.join(result['machine']['cpu_flags']) or 'none of AVX2/AVX512/AMX'}.",
-          "", "| model | architecture | params | batch | lr | steps | chars trained | training s | val nats/char "
-          "| last 10 % nats/char |", "|---|---|---|---|---|---|---|---|---|---|"]
-    md += [f"| {r['model']} | {r['desc']} | {r['params']:,} | {r['batch']} | {r['lr']:g} | {r['steps']:,} "
+          "", "| model | seed | architecture | params | batch | lr | steps | chars trained | training s | val nats/char "
+          "| last 10 % nats/char |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    md += [f"| {r['model']} | {r['seed']} | {r['desc']} | {r['params']:,} | {r['batch']} | {r['lr']:g} | {r['steps']:,} "
            f"| {r['chars_trained']:,} | {r['train_seconds']:.0f} | {r['val_loss']:.3f} | {r['last10_loss']:.3f} |"
            for r in rows]
-    md += ["", f"Best at equal time: **{best['model']}** ({best['last10_loss']:.3f} nats/char). 'training s' is "
+    md += ["", "| model | runs | last 10 % nats/char, mean ± std | vs the best |", "|---|---|---|---|"]
+    for n in sorted(args.models, key=mean.get):
+        v, p = verdict(per[best], per[n]) if n != best else ("", None)
+        md.append(f"| {n} | {len(per[n])} | {mean[n]:.3f} ± {std[n]:.3f} | "
+                  + (f"{mean[n] - mean[best]:+.3f}, {v}" + (f" (p={p:.2f})" if p is not None else "") if v else "best")
+                  + " |")
+    md += ["", f"Best at equal time: **{best}** ({mean[best]:.3f} nats/char, mean of {len(per[best])}); a lead "
+           "smaller than the seed spread is 'not significant' (report/stats.py). 'training s' is "
            "what the run's optimiser steps took; the budget was planned from a speed probe, so it can differ "
            "from --minutes by a few %."]
     if png:
