@@ -208,12 +208,11 @@ def main() -> int:
         fig.savefig(png, dpi=110)
     except ImportError:
         png = None
+    from ablations.report.render import mean_std
     from ablations.report.stats import verdict
 
     per = {n: [r["last10_loss"] for r in rows if r["model"] == n] for n in args.models}
-    mean = {n: sum(v) / len(v) for n, v in per.items()}
-    std = {n: (sum((x - mean[n]) ** 2 for x in v) / (len(v) - 1)) ** 0.5 if len(v) > 1 else 0.0
-           for n, v in per.items()}
+    mean, std = ({n: mean_std(v)[i] for n, v in per.items()} for i in (0, 1))
     best = min(args.models, key=mean.get)
     md = [f"# Recurrent models vs a small transformer at equal training time ({result['date']})", "",
           f"`{result['command']}`: {args.minutes} training minutes per model on {result['machine']['cpu']} "
