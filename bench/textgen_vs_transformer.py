@@ -212,7 +212,8 @@ def main() -> int:
     from ablations.report.stats import verdict
 
     per = {n: [r["last10_loss"] for r in rows if r["model"] == n] for n in args.models}
-    mean, std = ({n: mean_std(v)[i] for n, v in per.items()} for i in (0, 1))
+    stats = {n: mean_std(v) for n, v in per.items()}  # model -> (mean, std) over its seeds
+    mean, std = {n: m for n, (m, _) in stats.items()}, {n: sd for n, (_, sd) in stats.items()}
     best = min(args.models, key=mean.get)
     md = [f"# Recurrent models vs a small transformer at equal training time ({result['date']})", "",
           f"`{result['command']}`: {args.minutes} training minutes per model on {result['machine']['cpu']} "
