@@ -37,7 +37,7 @@ def _cfg(method: str, seed: int = 0, **over):
 
 
 def test_the_registry_has_the_algorithms():
-    assert {"pseudolabel", "fixmatch"} <= set(SSL)
+    assert {"pseudolabel", "fixmatch", "labelprop"} <= set(SSL)
 
 
 def test_confident_and_the_unlabeled_losses_by_hand():
@@ -72,6 +72,64 @@ def test_distribution_alignment_by_hand():
     assert mask.tolist() == (q.max(1).values >= 0.7).tolist()
     # a model that predicts class 0 for everything is pushed off it: the collapse the option prevents
     assert q[1].argmax() == 1 and torch.tensor([0.60, 0.30, 0.10]).argmax() == 0
+
+
+def test_conjugate_gradient_solves_every_column():
+    from ablations.methods.labelprop import conjugate_gradient
+
+    g = torch.Generator().manual_seed(0)
+    m = torch.randn(12, 12, generator=g, dtype=torch.float64)
+    a = m @ m.T + 12 * torch.eye(12, dtype=torch.float64)  # symmetric positive definite
+    b = torch.randn(12, 3, generator=g, dtype=torch.float64)
+    b[:, 2] = 0  # a column with nothing to solve stays 0 (no 0 / 0)
+    x = conjugate_gradient(lambda p: a @ p, b, iters=12)  # exact in n steps (up to rounding)
+    assert torch.allclose(x, torch.linalg.solve(a, b), atol=1e-8) and torch.equal(x[:, 2], torch.zeros(12, dtype=torch.float64))
+
+
+def test_knn_graph_and_certainty_by_hand():
+    from ablations.methods.labelprop import certainty, knn_graph
+
+    # 4 points on the unit circle at 0, 10, 90 and 180 degrees; k = 1: 0 <-> 10 mutual, 90 -> 10, 180 -> 90
+    ang = torch.tensor([0.0, 10.0, 90.0, 180.0]) * torch.pi / 180
+    x = torch.stack([ang.cos(), ang.sin()], 1) * torch.tensor([[1.0], [2.0], [3.0], [4.0]])  # norms do not matter
+    w = knn_graph(x, k=1, gamma=3.0).to_dense()
+    c10, c80 = torch.cos(ang[1]) ** 3, torch.cos(ang[2] - ang[1]) ** 3  # cos(90 - 10 deg) ** 3
+    want = torch.zeros(4, 4)
+    want[0, 1] = want[1, 0] = 2 * c10  # a mutual pair counts twice (W + W^T)
+    want[2, 1] = want[1, 2] = c80
+    want[3, 2] = want[2, 3] = 0.0  # cos(90 deg) = 0: an edge of weight 0
+    assert torch.allclose(w, want, atol=1e-6)
+    label, weight = certainty(torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.2, -0.1, 0.6], [0.0, 0.0, 0.0]]))
+    assert label.tolist()[:3] == [0, 0, 2]
+    p = torch.tensor([0.25, 0.0, 0.75])
+    w2 = 1 - (-(p[[0, 2]] * p[[0, 2]].log()).sum()) / torch.log(torch.tensor(3.0))
+    assert torch.allclose(weight, torch.tensor([1.0, 0.0, w2.item(), 0.0]), atol=1e-6)  # certain, uniform, mixed, unreached
+
+
+def test_label_propagation_follows_the_clusters():
+    """Two well-separated clusters, one labeled point each: every point gets its cluster's label."""
+    from ablations.methods.labelprop import propagate
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    x = torch.cat([centres[i] + 0.1 * torch.randn(20, 3, generator=g) for i in (0, 1)])  # rows 0-19, 20-39
+    x = torch.cat([x[[0, 20]], x[1:20], x[21:]])  # the labeled rows first
+    z = propagate(x, torch.tensor([0, 1]), n_lab=2, n_cls=2, k=5, alpha=0.99, gamma=3.0, iters=20)
+    assert z.argmax(1).tolist() == [0, 1] + [0] * 19 + [1] * 19
+
+
+def test_labelprop_trains_the_head_on_the_propagated_labels(tmp_path):
+    c = _cfg("labelprop", **{"method.k": 10})
+    m = METHODS.get("labelprop")(c, runtime.setup(c.train, c.seed), tmp_path / "a", {})
+    assert m.u_label.shape == m.u_weight.shape == (m.n_unlabeled,) and 0 <= m.u_weight.min() <= m.u_weight.max() <= 1
+    assert m.lp_stats["nodes"] == len(m.tx) + m.n_unlabeled and m.lp_stats["k"] == 10
+    ui = torch.tensor([0, 3, 5])
+    z = torch.randn(3, 3)
+    m.forward = lambda x: z
+    loss, pseudo, mask = m.unlabeled_loss(None, None, ui)
+    w = m.u_weight[ui] * m.class_weight[m.u_label[ui]]
+    assert torch.equal(pseudo, m.u_label[ui]) and mask.all()
+    assert loss.item() == pytest.approx((F.cross_entropy(z, pseudo, reduction="none") * w).mean().item())
 
 
 def test_cached_views_are_the_backbones_features_of_seeded_views(tmp_path):
@@ -180,6 +238,10 @@ def test_resume_equals_not_stopping(tmp_path, method, interrupted_run):
     ({"data.labeled_fraction": 1.5, "data.labeled_per_class": 0}, "data.labeled_fraction"),
     ({"data.labeled_per_class": 0}, "data.labeled_fraction: method fixmatch learns from unlabeled images"),
     ({"data.aug": {"train": ["flip"]}}, "data.aug.strong: method fixmatch trains on a strong view"),
+    ({"method.train_stages": 1, "method.name": "labelprop"}, "method.train_stages: labelprop propagates over"),
+    ({"method.dist_align": True, "method.name": "labelprop"}, "method.dist_align: labelprop's pseudo-labels"),
+    ({"method.k": 0, "method.name": "labelprop"}, "method.k"),
+    ({"method.alpha": 1.0, "method.name": "labelprop"}, "method.alpha"),
 ])
 def test_bad_settings_name_the_key(over, words):
     with pytest.raises(ConfigError, match=re.escape(words)):

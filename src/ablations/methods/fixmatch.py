@@ -16,7 +16,7 @@ class FixMatch(SemiSupervised):
     """Semi-supervised: confident weak-view predictions are the targets of the strong view."""
     needs_strong = True
 
-    def unlabeled_loss(self, uw: torch.Tensor, us: torch.Tensor):
+    def unlabeled_loss(self, uw: torch.Tensor, us: torch.Tensor, ui=None):
         with torch.no_grad():  # the weak view only makes the target
             pseudo, mask = self.pseudo_labels(self.forward(uw))
         loss = (F.cross_entropy(self.forward(us).float(), pseudo, reduction="none") * mask).mean()

@@ -14,7 +14,7 @@ from .semisup import SemiSupervised
 class PseudoLabel(SemiSupervised):
     """Semi-supervised: confident predictions on the weak view are trained on as labels."""
 
-    def unlabeled_loss(self, uw: torch.Tensor, us):
+    def unlabeled_loss(self, uw: torch.Tensor, us, ui=None):
         logits = self.forward(uw)
         pseudo, mask = self.pseudo_labels(logits)
         loss = (F.cross_entropy(logits.float(), pseudo, reduction="none") * mask).mean()

@@ -1,5 +1,5 @@
 """Semi-supervised fine-tuning: what every algorithm that learns from unlabeled images shares (USB's
-AlgorithmBase, smaller). An algorithm file (pseudolabel.py, fixmatch.py) subclasses SemiSupervised and
+AlgorithmBase, smaller). An algorithm file (pseudolabel.py, fixmatch.py, labelprop.py) subclasses SemiSupervised and
 writes `unlabeled_loss` only; labeled batches, unlabeled batches, the warm-up of the unlabeled weight and the
 pseudo-label bookkeeping live here, and the loop (loop.py) is the one every method uses.
 
@@ -168,7 +168,7 @@ class SemiSupervised(Finetune):
                 u = self.ux[ui]  # (mu*B, 3, H, W) uint8, gathered once for both views
                 xl, uw = self.prep(self.tx[li], gen), self.prep(u, gen)
                 us = self.prep(u, gen, self.strong) if self.needs_strong else None
-            yield xl, self.ty[li], uw, us, self.uy[ui], progress
+            yield xl, self.ty[li], uw, us, self.uy[ui], ui, progress
 
     def pseudo_labels(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(pseudo-labels (U,), mask (U,) bool) of the weak view's (U, C) logits: the argmax, and where its
@@ -193,16 +193,18 @@ class SemiSupervised(Finetune):
         if "p_model" in state:
             self.p_model.copy_(state["p_model"])
 
-    def unlabeled_loss(self, uw: torch.Tensor, us: Optional[torch.Tensor]
+    def unlabeled_loss(self, uw: torch.Tensor, us: Optional[torch.Tensor], ui: torch.Tensor
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(loss (scalar, mean over the unlabeled batch), pseudo-labels (U,), mask (U,) bool: which count)."""
+        """(loss (scalar, mean over the unlabeled batch), pseudo-labels (U,), mask (U,) bool: which count) of
+        the weak (uw) and strong (us, or None) views of the unlabeled images ui (U,) (indices into
+        data.unlabeled_x)."""
         raise NotImplementedError
 
     def train_step(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        xl, yl, uw, us, u_true, progress = batch
+        xl, yl, uw, us, u_true, ui, progress = batch
         out = self.forward(xl)
         loss_s = self.loss_fn(out, yl)
-        loss_u, pseudo, mask = self.unlabeled_loss(uw, us)
+        loss_u, pseudo, mask = self.unlabeled_loss(uw, us, ui)
         mc = self.cfg.method
         ramp = min(1.0, progress / mc.unsup_warmup) if mc.unsup_warmup > 0 else 1.0
         loss = loss_s + mc.lambda_u * ramp * loss_u
