@@ -239,6 +239,7 @@ def test_resume_equals_not_stopping(tmp_path, method, interrupted_run):
     ({"data.labeled_per_class": 0}, "data.labeled_fraction: method fixmatch learns from unlabeled images"),
     ({"data.aug": {"train": ["flip"]}}, "data.aug.strong: method fixmatch trains on a strong view"),
     ({"method.train_stages": 1, "method.name": "labelprop"}, "method.train_stages: labelprop propagates over"),
+    ({"method.tta": 1, "method.name": "labelprop"}, "method.tta: labelprop propagates over"),
     ({"method.dist_align": True, "method.name": "labelprop"}, "method.dist_align: labelprop's pseudo-labels"),
     ({"method.k": 0, "method.name": "labelprop"}, "method.k"),
     ({"method.alpha": 1.0, "method.name": "labelprop"}, "method.alpha"),

@@ -46,10 +46,13 @@ class LabelProp(SemiSupervised):
     def check(cls, cfg: RunConfig) -> None:
         super().check(cfg)
         mc = cfg.method
-        if mc.train_stages != 0 or mc.cache_features != "auto":
-            raise FieldError("method.train_stages", "labelprop propagates over the frozen backbone's cached "
-                             f"features: leave train_stages at 0 and cache_features at auto, got "
-                             f"{mc.train_stages} / {mc.cache_features}")
+        # the graph is built once from cached features: anything that makes them change or not cached is refused
+        for key, bad in (("train_stages", mc.train_stages != 0), ("cache_features", mc.cache_features != "auto"),
+                         ("tta", mc.tta != 0)):
+            if bad:
+                raise FieldError(f"method.{key}", "labelprop propagates over the frozen backbone's cached features: "
+                                 f"leave train_stages at 0, cache_features at auto and tta at 0, got "
+                                 f"{getattr(mc, key)!r}")
         if mc.dist_align:
             raise FieldError("method.dist_align", "labelprop's pseudo-labels come from the graph, not the head's "
                              "predictions: there is nothing to align")
