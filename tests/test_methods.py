@@ -34,7 +34,8 @@ SMALL = {
     "finetune": lambda tmp: {**IMAGES, "data.image_size": 32, "model": {"name": "mobilenet_v2", "pretrained": False},
                              "method": {"name": "finetune", "train_stages": 1},
                              "optim": {"name": "adam", "lr": 0.002, "schedule": "cosine", "layer_decay": 0.5}},
-    # semi-supervised: pseudo-labelling on cached views of a frozen backbone, FixMatch through a trainable stage
+    # semi-supervised: pseudo-labelling and label propagation on cached views of a frozen backbone, FixMatch through
+    # a trainable stage
     "pseudolabel": lambda tmp: {**IMAGES, "data.image_size": 32, "data.labeled_per_class": 5,
                                 "model": {"name": "mobilenet_v2", "pretrained": False},
                                 "method": {"name": "pseudolabel", "mu": 2, "tau": 0.3, "views": 2},
@@ -44,6 +45,10 @@ SMALL = {
                              "model": {"name": "mobilenet_v2", "pretrained": False},
                              "method": {"name": "fixmatch", "mu": 2, "tau": 0.3, "train_stages": 1, "unsup_warmup": 1},
                              "optim": {"name": "adam", "lr": 0.003}, "train.batch_size": 16},
+    "labelprop": lambda tmp: {**IMAGES, "data.image_size": 32, "data.labeled_per_class": 5,
+                              "model": {"name": "mobilenet_v2", "pretrained": False},
+                              "method": {"name": "labelprop", "mu": 2, "views": 2, "k": 10},
+                              "optim": {"name": "adam", "lr": 0.003}, "train.batch_size": 16},
     "language_model": lambda tmp: {
         "data": {"name": "text", "path": _corpus(tmp), "seq_len": 16},
         "model": {"name": "lstm", "hidden": 24, "embed": 8, "dropout": 0.1},
