@@ -1,7 +1,7 @@
 """Semi-supervised fine-tuning: what every algorithm that learns from unlabeled images shares (USB's
-AlgorithmBase, smaller). An algorithm file (pseudolabel.py, fixmatch.py, labelprop.py) subclasses SemiSupervised and
-writes `unlabeled_loss` only; labeled batches, unlabeled batches, the warm-up of the unlabeled weight and the
-pseudo-label bookkeeping live here, and the loop (loop.py) is the one every method uses.
+AlgorithmBase, smaller). An algorithm file (pseudolabel.py, fixmatch.py, labelprop.py) subclasses
+SemiSupervised and writes `unlabeled_loss` only; labeled batches, unlabeled batches, the warm-up of the
+unlabeled weight and the pseudo-label bookkeeping live here, and the loop (loop.py) is the one every method uses.
 
 The data: data.labeled_fraction / data.labeled_per_class split the training set (data/splits.py, seeded,
 class-balanced) into a labeled part (train_x) and an unlabeled part whose labels are withheld (unlabeled_x;
