@@ -268,3 +268,63 @@ def test_tta_report_section_pairs_each_run_with_itself(tmp_path):
            f"+{m:.2f} ± {s:.2f} (significant, p={p:.2g}) | 3 |" in md
     assert "| relu | mirror + 1 px shifts (6 views) | 81.00 | 80.00 | 80.50 | +0.50 (n=1) | 1 |" in md
     assert "Over all 4 runs with TTA mirror + 1 px shifts (6 views): +0.80 ± " in md
+
+
+def test_newton_schulz_maps_singular_values_by_its_polynomial():
+    # NS(g) = U p(S / |g|_F) V^T: the singular vectors are g's, each singular value goes through the quintic
+    # p(x) = a x + b x^3 + c x^5 three times (bf16 arithmetic inside: a loose tolerance)
+    from ablations.optim import newton_schulz
+
+    g = torch.randn(6, 20, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    u, s, vt = torch.linalg.svd(g, full_matrices=False)
+    x = s / g.norm()
+    for _ in range(3):
+        x = 3.4445 * x - 4.7750 * x ** 3 + 2.0315 * x ** 5
+    expected = u @ torch.diag(x) @ vt
+    for m, e in ((g, expected), (g.T, expected.T)):  # wide and tall
+        out = newton_schulz(m)
+        assert out.shape == m.shape and out.dtype == m.dtype
+        assert torch.allclose(out, e, atol=0.03), (out - e).abs().max()
+    assert 0.3 < float(x.min()) and float(x.max()) < 1.6  # roughly orthogonal, as the method intends
+
+
+def test_muon_step_by_hand():
+    from ablations.optim import newton_schulz
+
+    net = AirNet(AirNetConfig(widths=(8, 8, 8)), 10)
+    oc = OptimConfig(name="muon", lr=0.5, muon_lr=0.2, momentum=0.85, muon_momentum=0.6, weight_decay=0.01,
+                     norm_lr_scale=64, decay_biases=True)
+    opt = build_optimizer(oc, net)
+    muon = [g for g in opt.param_groups if g["muon"]]
+    assert len(muon) == 1 and all(p.ndim == 4 for p in muon[0]["params"]) and muon[0]["lr"] == pytest.approx(0.2)
+    assert {id(p) for p in muon[0]["params"]} == {id(p) for p in net.parameters() if p.ndim == 4 and p.requires_grad}
+    for g in opt.param_groups:  # every bias (the whitening one too) at 64x lr and wd / 64; the head at lr, wd
+        if not g["muon"]:
+            one_d = {p.ndim == 1 for p in g["params"]}
+            assert len(one_d) == 1
+            assert (g["lr"], g["weight_decay"]) == pytest.approx((32.0, 0.01 / 64) if one_d.pop() else (0.5, 0.01))
+    conv, head = net.groups[0].conv2.weight, net.head.weight
+    before = {n: p.detach().clone() for n, p in (("conv", conv), ("head", head))}
+    for p in net.parameters():
+        p.grad = torch.randn_like(p) if p.requires_grad else None
+    gc, gh = conv.grad.clone(), head.grad.clone()
+    opt.step()
+    # Muon: rescale to norm sqrt(out), then minus lr * NS(g + m * g) (the first momentum buffer is g itself)
+    w = before["conv"] * len(conv) ** 0.5 / before["conv"].norm()
+    want = w - 0.2 * newton_schulz((1.6 * gc).reshape(len(gc), -1)).view_as(gc)
+    assert torch.allclose(conv.detach(), want, atol=1e-6)
+    # Nesterov SGD with L2 decay: d = g + wd p; buf = d; step = d + m buf
+    d = gh + 0.01 * before["head"]
+    assert torch.allclose(head.detach(), before["head"] - 0.5 * (d + 0.85 * d), atol=1e-6)
+
+
+def test_muon_run_resumes_exactly(tmp_path, interrupted_run):
+    cfg = STUDY.resolve("smoke", ["muon"], sets={**SYNTH, "train.epochs": 3})[0]
+    full = loop.run(cfg, tmp_path / "full")
+    interrupted_run(cfg, tmp_path / "cut", epoch=2)
+    resumed = loop.run(cfg, tmp_path / "cut", resume=True)
+    assert resumed["test_acc"] == full["test_acc"]
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(tmp_path / "full" / rd.FINAL)), load_file(str(tmp_path / "cut" / rd.FINAL))
+    assert all(torch.equal(a[k], b[k]) for k in a)

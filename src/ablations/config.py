@@ -87,7 +87,9 @@ class LossConfig(Component):
 
 @dataclass(frozen=True)
 class OptimConfig(Section):
-    name: Literal["sgd", "nesterov", "adam", "adamw"] = opt("sgd", "optimiser")
+    name: Literal["sgd", "nesterov", "adam", "adamw", "muon"] = opt(
+        "sgd", "optimiser; muon: Muon on the conv filters (>= 3-d), Nesterov SGD on the rest (lr on matrices, "
+        "lr * norm_lr_scale on every 1-d parameter)")
     lr: float = opt(0.001, "peak learning rate", gt=0)
     momentum: float = opt(0.9, "SGD momentum", ge=0, lt=1)
     weight_decay: float = opt(0.0, "L2 (sgd/adam) or decoupled (adamw) decay; not on biases or norms unless decay_biases", ge=0)
@@ -106,6 +108,9 @@ class OptimConfig(Section):
     decay_biases: bool = opt(False, "weight decay also on biases and norm parameters (airbench decays all)")
     layer_decay: float = opt(1.0, "discriminative lr: each stage further below the head gets lr * layer_decay^k",
                              gt=0, le=1)
+    muon_lr: float = opt(0.24, "muon: peak lr of the conv filters (their update is orthogonalised, so it is a step "
+                         "size relative to the filter norm, unlike lr)", gt=0)
+    muon_momentum: float = opt(0.6, "muon: Nesterov momentum of the conv filters", ge=0, lt=1)
 
     def check(self) -> None:
         for i, b in enumerate(self.betas):
