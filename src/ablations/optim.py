@@ -145,14 +145,18 @@ class Muon(torch.optim.Optimizer):
 def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
     groups = param_groups(model, cfg)
     if cfg.name == "muon":
-        # conv filters (>= 3-d) leave their groups for Muon's: its lr is muon_lr, so its scale is muon_lr / lr
-        filters = [p for g in groups for p in g["params"] if p.ndim >= 3]
-        ids = {id(p) for p in filters}
-        groups = [{**g, "params": [p for p in g["params"] if id(p) not in ids]} for g in groups]
-        groups = [g for g in groups if g["params"]]
-        if filters:
-            groups.append({"params": filters, "weight_decay": 0.0, "lr_scale": cfg.muon_lr / cfg.lr, "level": 0,
-                           "muon": True})
+        # each group's conv filters (>= 3-d) move to a Muon group of their own: lr muon_lr (times the group's
+        # layer-decay factor), so its scale is muon_lr / lr; no weight decay (the filter norm is fixed instead)
+        split = []
+        for g in groups:
+            filters = [p for p in g["params"] if p.ndim >= 3]
+            rest = [p for p in g["params"] if p.ndim < 3]
+            if rest:
+                split.append({**g, "params": rest})
+            if filters:
+                split.append({**g, "params": filters, "weight_decay": 0.0, "muon": True,
+                              "lr_scale": g["lr_scale"] * cfg.muon_lr / cfg.lr})
+        groups = split
     for g in groups:
         g["lr"] = cfg.lr * g["lr_scale"]
     if cfg.name == "muon":
