@@ -1,7 +1,8 @@
 """The fast CIFAR recipe (model airnet + the supervised switches of study cifar10-fast): every variant builds
 and trains; TTA is the weighted mean of its views; the whitening init is what its formula says; alternating
-flips alternate; progressive resizing trains small then full; Lookahead resumes exactly; the optimiser's
-norm lr scale and the triangle schedule do what they say; bad combinations are refused at load."""
+flips alternate; progressive resizing trains small then full; Lookahead and Muon runs resume exactly; Muon's
+step and Newton-Schulz follow their formulas; the optimiser's norm lr scale and the triangle schedule do what
+they say; bad combinations are refused at load."""
 import math
 
 import pytest
@@ -185,11 +186,13 @@ def test_lookahead_ends_on_the_slow_weights(tmp_path, every):
     assert torch.allclose(w, start + moved, atol=1e-6)
 
 
-def test_lookahead_run_resumes_exactly(tmp_path, interrupted_run):
-    # 5 epochs, cut after 4: the whitening bias froze after epoch 3, before the cut (whiten_bias_epochs 3)
-    cfg = STUDY.resolve("smoke", ["recipe"], sets={**SYNTH, "train.epochs": 5})[0]
+# recipe (Lookahead's slow weights): 5 epochs, cut after 4, the whitening bias froze after epoch 3, before the
+# cut (whiten_bias_epochs 3); muon (Muon's momentum buffers in the optimiser state): 3 epochs, cut after 2
+@pytest.mark.parametrize("variant, epochs, cut", [("recipe", 5, 4), ("muon", 3, 2)])
+def test_run_resumes_exactly(tmp_path, interrupted_run, variant, epochs, cut):
+    cfg = STUDY.resolve("smoke", [variant], sets={**SYNTH, "train.epochs": epochs})[0]
     full = loop.run(cfg, tmp_path / "full")
-    interrupted_run(cfg, tmp_path / "cut", epoch=4)
+    interrupted_run(cfg, tmp_path / "cut", epoch=cut)
     resumed = loop.run(cfg, tmp_path / "cut", resume=True)
     assert resumed["test_acc"] == full["test_acc"]
     from safetensors.torch import load_file
@@ -316,15 +319,3 @@ def test_muon_step_by_hand():
     # Nesterov SGD with L2 decay: d = g + wd p; buf = d; step = d + m buf
     d = gh + 0.01 * before["head"]
     assert torch.allclose(head.detach(), before["head"] - 0.5 * (d + 0.85 * d), atol=1e-6)
-
-
-def test_muon_run_resumes_exactly(tmp_path, interrupted_run):
-    cfg = STUDY.resolve("smoke", ["muon"], sets={**SYNTH, "train.epochs": 3})[0]
-    full = loop.run(cfg, tmp_path / "full")
-    interrupted_run(cfg, tmp_path / "cut", epoch=2)
-    resumed = loop.run(cfg, tmp_path / "cut", resume=True)
-    assert resumed["test_acc"] == full["test_acc"]
-    from safetensors.torch import load_file
-
-    a, b = load_file(str(tmp_path / "full" / rd.FINAL)), load_file(str(tmp_path / "cut" / rd.FINAL))
-    assert all(torch.equal(a[k], b[k]) for k in a)
