@@ -294,7 +294,8 @@ def main() -> None:
     sets = {"train.device": "cpu"}  # the peer runs on the CPU: so does ours, even on a GPU host
     sets |= {"data.limit": 2048, "data.limit_eval": 1000, "train.epochs": 2, "optim.warmup": 0.5,
             "method.low_res_epochs": 1} if smoke else {}
-    if smoke and a.variant not in ("low_res", "muon_fast") and "method.low_res_epochs" in sets:
+    variant = get_study("cifar10-fast").variants.get(a.variant)
+    if smoke and not (variant and "method.low_res" in variant.set):  # only a resizing variant has low_res epochs
         sets.pop("method.low_res_epochs")
     probe = make({"data": {"name": "cifar10"}, "train": {"device": "cpu"}})  # precision the way our runs pick it
     rt = runtime.setup(probe.train, 0)
