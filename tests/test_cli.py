@@ -12,7 +12,7 @@ from ablations import rundir as rt
 def test_list(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    from ablations.registry import AUGS, DATASETS, LOSSES, METHODS, MODELS, SECTIONS
+    from ablations.registry import AUGS, DATASETS, LOSSES, METHODS, MODELS, OPTIMIZERS, SECTIONS
     from ablations.study import STUDIES
 
     lines = out.splitlines()
@@ -20,7 +20,7 @@ def test_list(capsys):
         == STUDIES.names() and "cifar10-regularization" in STUDIES.names()
     assert {"finetune", "fixmatch", "language_model", "pseudolabel", "supervised", "zeroshot"} <= set(METHODS.names())
     for title, reg in (("methods", METHODS), ("models", MODELS), ("datasets", DATASETS), ("losses", LOSSES), ("augmentations", AUGS),
-                       ("report sections", SECTIONS)):
+                       ("optimisers", OPTIMIZERS), ("report sections", SECTIONS)):
         assert f"{title}: {', '.join(reg.names())}" in lines, title
     assert {"vgg3", "cifar10", "flip", "ce"} <= set(MODELS.names()) | set(DATASETS.names()) | set(AUGS.names()) \
         | set(LOSSES.names())

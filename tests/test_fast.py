@@ -276,7 +276,7 @@ def test_tta_report_section_pairs_each_run_with_itself(tmp_path):
 def test_newton_schulz_maps_singular_values_by_its_polynomial():
     # NS(g) = U p(S / |g|_F) V^T: the singular vectors are g's, each singular value goes through the quintic
     # p(x) = a x + b x^3 + c x^5 three times (bf16 arithmetic inside: a loose tolerance)
-    from ablations.optim import newton_schulz
+    from ablations.optimizers.muon import newton_schulz
 
     g = torch.randn(6, 20, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     u, s, vt = torch.linalg.svd(g, full_matrices=False)
@@ -292,7 +292,7 @@ def test_newton_schulz_maps_singular_values_by_its_polynomial():
 
 
 def test_muon_step_by_hand():
-    from ablations.optim import newton_schulz
+    from ablations.optimizers.muon import newton_schulz
 
     net = AirNet(AirNetConfig(widths=(8, 8, 8)), 10)
     oc = OptimConfig(name="muon", lr=0.5, muon_lr=0.2, momentum=0.85, muon_momentum=0.6, weight_decay=0.01,

@@ -16,13 +16,13 @@ from ablations import config, registry
 from ablations.config import ConfigError, FieldError
 from ablations.data.augment import parse_pipeline
 from ablations.errors import UserError
-from ablations.registry import AUGS, DATASETS, EXECUTORS, LOSSES, METHODS, MODELS, SECTIONS, TEXT_AUGS
+from ablations.registry import AUGS, DATASETS, EXECUTORS, LOSSES, METHODS, MODELS, OPTIMIZERS, SECTIONS, TEXT_AUGS
 
 # registry -> the config section it types (AUGS / TEXT_AUGS: items of a data.aug / data.augment pipeline,
 # typed by parse_pipeline)
 TYPED = {"model": MODELS, "data": DATASETS, "method": METHODS, "loss": LOSSES, "aug": AUGS, "text_aug": TEXT_AUGS}
 PIPELINES = {"aug": AUGS, "text_aug": TEXT_AUGS}
-ALL = (MODELS, DATASETS, METHODS, LOSSES, AUGS, TEXT_AUGS, SECTIONS, EXECUTORS)
+ALL = (MODELS, DATASETS, METHODS, LOSSES, OPTIMIZERS, AUGS, TEXT_AUGS, SECTIONS, EXECUTORS)
 _RANGE_WORDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
 
 

@@ -26,7 +26,7 @@ def _parse_sets(items: list[str]) -> dict:
 
 
 def cmd_list(args) -> int:
-    from .registry import AUGS, DATASETS, EXECUTORS, LOSSES, METHODS, MODELS, SECTIONS, TEXT_AUGS
+    from .registry import AUGS, DATASETS, EXECUTORS, LOSSES, METHODS, MODELS, OPTIMIZERS, SECTIONS, TEXT_AUGS
     from .study import STUDIES, get_study
 
     print("studies:")
@@ -35,7 +35,7 @@ def cmd_list(args) -> int:
         print(f"  {name:28s} {st.title}")
         print(f"  {'':28s} presets={','.join(st.presets)} variants={','.join(st.variants)}")
     for title, reg in (("methods", METHODS), ("models", MODELS), ("datasets", DATASETS), ("losses", LOSSES),
-                       ("augmentations", AUGS), ("text augmentations", TEXT_AUGS), ("report sections", SECTIONS),
+                       ("optimisers", OPTIMIZERS), ("augmentations", AUGS), ("text augmentations", TEXT_AUGS), ("report sections", SECTIONS),
                        ("executors", EXECUTORS)):
         print(f"{title}: {', '.join(reg.names())}")
     return 0

@@ -87,9 +87,9 @@ class LossConfig(Component):
 
 @dataclass(frozen=True)
 class OptimConfig(Section):
-    name: Literal["sgd", "nesterov", "adam", "adamw", "muon"] = opt(
-        "sgd", "optimiser; muon: Muon on the conv filters (>= 3-d), Nesterov SGD on the rest (lr on matrices, "
-        "lr * norm_lr_scale on every 1-d parameter)")
+    # the keys below are shared by the optimisers (momentum: sgd/nesterov/muon; betas: adam/adamw; muon_*: muon),
+    # one flat section so that a study can switch optim.name without rewriting the rest
+    name: str = opt("sgd", "optimiser: a registry entry (ablations/optimizers/*.py; `ablations list` names them)")
     lr: float = opt(0.001, "peak learning rate", gt=0)
     momentum: float = opt(0.9, "SGD momentum", ge=0, lt=1)
     weight_decay: float = opt(0.0, "L2 (sgd/adam) or decoupled (adamw) decay; not on biases or norms unless decay_biases", ge=0)
@@ -113,6 +113,12 @@ class OptimConfig(Section):
     muon_momentum: float = opt(0.6, "muon: Nesterov momentum of the conv filters", ge=0, lt=1)
 
     def check(self) -> None:
+        from .registry import OPTIMIZERS, UnknownName
+
+        try:
+            OPTIMIZERS.entry(self.name)
+        except UnknownName as e:
+            raise FieldError("name", str(e)) from None
         for i, b in enumerate(self.betas):
             if not 0 <= b < 1:
                 raise FieldError(f"betas[{i}]", f"must be in [0, 1), got {b}")

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, Optional
 from .errors import UserError
 
 PLUGIN_PACKAGES = ("ablations.data", "ablations.models", "ablations.methods", "ablations.losses",
-                   "ablations.report", "ablations.executors")
+                   "ablations.optimizers", "ablations.report", "ablations.executors")
 
 
 class UnknownName(UserError, KeyError):
@@ -88,6 +88,7 @@ MODELS = Registry("model")
 DATASETS = Registry("dataset")
 METHODS = Registry("method")  # training algorithms (methods/*.py)
 LOSSES = Registry("loss")
+OPTIMIZERS = Registry("optimiser")  # name -> build(param groups, OptimConfig) -> torch Optimizer (optimizers/*.py)
 AUGS = Registry("augmentation")  # batched image ops (data/augment.py)
 TEXT_AUGS = Registry("text augmentation")  # training-text rewrites (data/text_augment.py)
 SECTIONS = Registry("report section")
