@@ -143,6 +143,9 @@ class TrainConfig(Section):
     keep: Literal["last", "best"] = opt(
         "last", "the weights that are tested and exported: the last epoch's, or those of the best validation epoch "
         "(the method's `best` metric; early stopping without stopping: every epoch still trains)")
+    ema: float = opt(0.0, "decay per optimiser step of an exponential moving average of the trained weights (0: "
+                     "off; e.g. 0.999 averages over ~1000 steps, warmed up as (1+n)/(10+n)): validation, the test and "
+                     "final.safetensors use the average; result.json adds raw_val_* for the last weights", ge=0, lt=1)
 
 
 _TYPED = ("data", "model", "method", "loss")  # sections typed by the registry entry their `name` picks

@@ -19,6 +19,7 @@ from . import distributed
 from . import rundir as rd
 from . import runtime
 from .config import RunConfig
+from .ema import WeightEMA
 from .errors import RunError
 from .optim import build_optimizer, lr_factor, set_lr
 from .registry import METHODS
@@ -110,6 +111,7 @@ def _train(method, cfg: RunConfig, rt: runtime.Runtime, run_dir: Path, resume: b
                 **{k: v for k, v in rec.items() if k.startswith("val_")}, "train_time": 0.0}
     net = method.trainable()
     opt = build_optimizer(cfg.optim, net)
+    ema = WeightEMA(net, tc.ema) if tc.ema else None  # train.ema: validation, test and export see the average
     # fp16 autocast (CUDA without bf16) needs loss scaling; bf16 and fp32 do not
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == torch.float16)
     spe = method.steps_per_epoch()
@@ -125,6 +127,8 @@ def _train(method, cfg: RunConfig, rt: runtime.Runtime, run_dir: Path, resume: b
         if ck.get("scaler"):
             scaler.load_state_dict(ck["scaler"])
         method.load_state_dict(ck.get("method", {}))
+        if ema is not None:
+            ema.load_state_dict(ck["ema"])
         runtime.set_rng_state(ck["rng"])
         if main:
             log.truncate_after(ck["epoch"])
@@ -158,6 +162,8 @@ def _train(method, cfg: RunConfig, rt: runtime.Runtime, run_dir: Path, resume: b
             step += 1
             lv = runtime.check_finite(loss, step, epoch)
             method.after_step(step)
+            if ema is not None:
+                ema.update(net)
             for k, v in stats.items():  # summed on the device: no sync per step
                 sums[k] = sums[k] + v if k in sums else v
             bar.update(1, loss=lv, lr=lr)
@@ -165,9 +171,10 @@ def _train(method, cfg: RunConfig, rt: runtime.Runtime, run_dir: Path, resume: b
         train_time = time.time() - t0
         method.train_mode(False)
         sums = distributed.sum_stats(sums)
+        with ema.swapped_in(net) if ema is not None and main else contextlib.nullcontext():
+            val = method.evaluate("val") if main else {}
         rec = {"epoch": epoch, "step": step, "lr": lr,
-               **method.summarize({k: float(v) for k, v in sums.items()}, train_time),
-               **(method.evaluate("val") if main else {})}
+               **method.summarize({k: float(v) for k, v in sums.items()}, train_time), **val}
         elapsed += time.time() - t0
         rec.update(epoch_time=time.time() - t0, time=elapsed)
         v = rec.get(key)
@@ -177,7 +184,8 @@ def _train(method, cfg: RunConfig, rt: runtime.Runtime, run_dir: Path, resume: b
         if v is not None and (v > best[key] if goal == "max" else v < best[key]):
             best = {key: v, "epoch": epoch}
             if keep_best:
-                best_state = {k: t.detach().clone() for k, t in net.state_dict().items()}
+                live = ema.avg if ema is not None else net.state_dict()  # the weights that were validated
+                best_state = {k: t.detach().clone() for k, t in live.items()}
         if main:
             log.append(rec)
             runtime.log_epoch(cfg.variant, rec, tc.epochs)
@@ -188,11 +196,18 @@ def _train(method, cfg: RunConfig, rt: runtime.Runtime, run_dir: Path, resume: b
                 state["scaler"] = scaler.state_dict()
             if keep_best:
                 state["best_state"] = best_state
+            if ema is not None:
+                state["ema"] = ema.state_dict()
             rd.save_checkpoint(run_dir / rd.CHECKPOINT, state)
         if on_epoch is not None:
             on_epoch(rec)
+    raw = {}
+    if ema is not None and main:  # the raw (last) weights on validation: the average's paired comparison
+        raw = {f"raw_{k}": v for k, v in method.evaluate("val").items()}
     if keep_best and best_state is not None:  # the test and final.safetensors see the best epoch's weights
         net.load_state_dict(best_state)
+    elif ema is not None:
+        net.load_state_dict(ema.avg)
     records = log.read()
     last = records[-1] if records else {}
     # no validation split (val_fraction 0): no best epoch, not -inf
@@ -201,5 +216,5 @@ def _train(method, cfg: RunConfig, rt: runtime.Runtime, run_dir: Path, resume: b
               "kept_epoch": best["epoch"] if keep_best and best_state is not None else tc.epochs,
               "trainable_params": runtime.count_params(net, trainable_only=True),
               **{k: v for k, v in last.items() if k.startswith(("train_", "val_")) or k.endswith("_per_s")},
-              "train_time": elapsed}  # seconds in epochs (train + val), summed over resumes
+              **raw, "train_time": elapsed}  # seconds in epochs (train + val), summed over resumes
     return result

@@ -1,0 +1,95 @@
+"""train.ema: the loop's weight average - its formula, what it exports, and exact resume with it."""
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from ablations import loop
+from ablations import rundir as rd
+from ablations.ema import WeightEMA
+from test_methods import cfg, strip_time
+
+
+def test_update_follows_its_formula_with_warmup_and_copies_integer_buffers():
+    m = nn.BatchNorm1d(2)  # a float weight, float running stats, an integer num_batches_tracked
+    ema = WeightEMA(m, decay=0.5)
+    expect = m.weight.detach().clone()
+    for n, value in enumerate([1.0, 3.0, -2.0, 5.0], start=1):
+        with torch.no_grad():
+            m.weight.fill_(value)
+            m.num_batches_tracked.fill_(10 * n)
+        d = min(0.5, (1 + n) / (10 + n))  # warm-up: 0.18, 0.25, 0.31, 0.36 - all below 0.5
+        ema.update(m)
+        expect = d * expect + (1 - d) * value
+        assert torch.allclose(ema.avg["weight"], expect)
+        assert int(ema.avg["num_batches_tracked"]) == 10 * n
+    assert ema.updates == 4
+    for _ in range(100):  # past the warm-up the decay is the configured one
+        ema.update(m)
+    assert ema.rate() == 0.5
+
+
+def test_swapped_in_restores_the_live_weights():
+    m = nn.Linear(3, 2)
+    ema = WeightEMA(m, decay=0.9)
+    live = {k: v.clone() for k, v in m.state_dict().items()}
+    with torch.no_grad():
+        ema.avg["weight"].fill_(7.0)
+    with ema.swapped_in(m):
+        assert torch.all(m.weight == 7.0)
+    assert all(torch.equal(live[k], v) for k, v in m.state_dict().items())
+
+
+def test_state_dict_round_trip_continues_identically():
+    m = nn.Linear(3, 2)
+    a, b = WeightEMA(m, 0.99), WeightEMA(m, 0.99)
+    for _ in range(3):
+        a.update(m)
+    b.load_state_dict(a.state_dict())  # copies into b's own tensors
+    with torch.no_grad():
+        m.weight.add_(1.0)
+    a.update(m), b.update(m)
+    assert a.updates == b.updates == 4 and all(torch.equal(a.avg[k], b.avg[k]) for k in a.avg)
+
+
+@pytest.mark.parametrize("method", ["supervised", "language_model"])
+def test_a_vanishing_decay_exports_the_last_weights(method, tmp_path):
+    """With decay ~0 the average is the live weights (lerp with weight 1 is exact): the run equals one without
+    an average, byte for byte; the raw comparison is recorded."""
+    plain = loop.run(cfg(method, tmp_path), tmp_path / "plain")
+    tiny = loop.run(cfg(method, tmp_path, **{"train.ema": 1e-12}), tmp_path / "tiny")
+    assert (tmp_path / "plain" / rd.FINAL).read_bytes() == (tmp_path / "tiny" / rd.FINAL).read_bytes()
+    key = "test_acc" if "test_acc" in plain else "last10_loss"
+    assert plain[key] == tiny[key]
+    raw = [k for k in tiny if k.startswith("raw_val_")]
+    last = rd.read_metrics(tmp_path / "tiny" / rd.METRICS)[-1]  # the last epoch's validation, as raw_ measures it
+    assert raw and all(tiny[k] == last[k[len("raw_"):]] for k in raw)
+    assert not any(k.startswith("raw_") for k in plain)
+
+
+@pytest.mark.parametrize("method", ["supervised", "language_model"])
+def test_the_average_is_exported_and_resumes_exactly(method, tmp_path, interrupted_run):
+    c = cfg(method, tmp_path, **{"train.ema": 0.9})
+    full = loop.run(c, tmp_path / "full")
+    plain = loop.run(cfg(method, tmp_path), tmp_path / "plain")
+    a, p = load_file(str(tmp_path / "full" / rd.FINAL)), load_file(str(tmp_path / "plain" / rd.FINAL))
+    # the same training (the average does not feed back), but other weights exported
+    assert strip_time(rd.read_metrics(tmp_path / "full" / rd.METRICS))[0]["train_loss"] == \
+        strip_time(rd.read_metrics(tmp_path / "plain" / rd.METRICS))[0]["train_loss"]
+    assert any(not torch.equal(a[k], p[k]) for k in a if a[k].is_floating_point())
+    interrupted_run(c, tmp_path / "cut", epoch=2)
+    resumed = loop.run(c, tmp_path / "cut", resume=True)
+    assert strip_time(rd.read_metrics(tmp_path / "cut" / rd.METRICS)) == \
+        strip_time(rd.read_metrics(tmp_path / "full" / rd.METRICS))
+    b = load_file(str(tmp_path / "cut" / rd.FINAL))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    key = "test_acc" if "test_acc" in full else "last10_loss"
+    assert resumed[key] == full[key]
+
+
+@pytest.mark.parametrize("value", [1.0, -0.1])
+def test_ema_out_of_range_is_refused(value, tmp_path):
+    from ablations.config import ConfigError
+
+    with pytest.raises(ConfigError, match="train.ema"):
+        cfg("supervised", tmp_path, **{"train.ema": value})
