@@ -465,3 +465,23 @@ def test_bad_study_comparisons_name_the_entry(tmp_path, tiny_study, capsys, comp
     err = capsys.readouterr().err
     assert words in err and str(bad) in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_curves_name_the_variants_without_a_validation_split(tmp_path, tiny_study, monkeypatch, capsys):
+    """With val_fraction 0 only training curves exist: they carry the variants' names in the legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+
+    legends = []
+    real_close = plt.close
+
+    def close(fig):
+        legends.extend(t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts())
+        real_close(fig)
+
+    monkeypatch.setattr(plt, "close", close)
+    assert main(["run", str(tiny_study), "--out", str(tmp_path / "o"), "--set", "data.val_fraction=0"]) == 0
+    assert {"plain", "regular"} <= set(legends)

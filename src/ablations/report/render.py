@@ -211,9 +211,10 @@ def plot_curves(runs: list[Run], out: Path) -> Path | None:
         ep = [m["epoch"] for m in r.metrics]
         for ax, (tk, vk, label) in zip(axes[0], panels):
             c = colors[i % len(colors)]
-            if r.metrics and tk in r.metrics[0]:
-                ax.plot(ep, [m[tk] for m in r.metrics], "--", color=c, alpha=0.7)
-            if r.metrics and vk in r.metrics[0]:
+            has_val = bool(r.metrics) and vk in r.metrics[0]
+            if r.metrics and tk in r.metrics[0]:  # labelled when no validation curve names the variant
+                ax.plot(ep, [m[tk] for m in r.metrics], "--", color=c, alpha=0.7, label=None if has_val else v)
+            if has_val:
                 ax.plot(ep, [m[vk] for m in r.metrics], "-", color=c, label=v)
             ax.set_xlabel("epoch")
             ax.set_ylabel(label)
