@@ -474,7 +474,6 @@ def test_curves_name_the_variants_without_a_validation_split(tmp_path, tiny_stud
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-
     legends = []
     real_close = plt.close
 
