@@ -28,7 +28,7 @@ def _step(net, opt, x, y) -> float:
     loss = nn.functional.cross_entropy(net(x), y)
     loss.backward()
     opt.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def _cfg(name: str) -> OptimConfig:
