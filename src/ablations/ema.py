@@ -21,6 +21,8 @@ class WeightEMA:
         self.updates = 0
         # a copy of every state tensor: non-float buffers (BN's num_batches_tracked) are copied, not averaged
         self.avg = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        self._floats = [k for k, a in self.avg.items() if a.is_floating_point()]  # split once, not every step
+        self._others = [k for k, a in self.avg.items() if not a.is_floating_point()]
 
     def rate(self) -> float:
         """The decay of the next update (after `updates` updates so far)."""
@@ -31,13 +33,11 @@ class WeightEMA:
     def update(self, module: nn.Module) -> None:
         d = self.rate()
         self.updates += 1
-        live = module.state_dict()
-        floats = [k for k, a in self.avg.items() if a.is_floating_point()]
+        live = module.state_dict()  # detached tensors sharing the module's storage
         # avg <- d * avg + (1 - d) * live, one fused call over all float tensors
-        torch._foreach_lerp_([self.avg[k] for k in floats], [live[k].detach() for k in floats], 1.0 - d)
-        for k, a in self.avg.items():
-            if not a.is_floating_point():
-                a.copy_(live[k])
+        torch._foreach_lerp_([self.avg[k] for k in self._floats], [live[k] for k in self._floats], 1.0 - d)
+        for k in self._others:
+            self.avg[k].copy_(live[k])
 
     @contextlib.contextmanager
     def swapped_in(self, module: nn.Module) -> Iterator[None]:
