@@ -62,6 +62,17 @@ def test_parse_value_yaml_scalars():
     assert parse_value("cosine") == "cosine"
 
 
+@pytest.mark.parametrize("text,want", [("1e-3", 1e-3), ("5E+4", 5e4), ("2.5e-2", 0.025), (".5e1", 5.0), ("+3e0", 3.0)])
+def test_exponent_notation_is_a_number(text, want):
+    """PyYAML (YAML 1.1) reads 1e-3 as a string; a float field takes it as the number it is (from --set or a file)."""
+    assert make({"optim.weight_decay": parse_value(text)}).optim.weight_decay == want
+
+
+def test_a_word_in_a_float_field_is_still_refused():
+    with pytest.raises(ConfigError, match=r"optim\.lr: expected a number, got 'le-3'"):
+        make({"optim.lr": "le-3"})
+
+
 def test_roundtrip_through_dict():
     cfg = make({"optim.betas": [0.8, 0.9], "data.aug.train": ["flip", {"translate": 2}], "model.name": "vgg2"})
     assert from_dict(cfg.to_dict()) == cfg

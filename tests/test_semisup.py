@@ -46,7 +46,7 @@ def test_confident_and_the_unlabeled_losses_by_hand():
     assert pseudo.tolist() == [0, 0, 2] and mask.tolist() == [True, False, True]  # softmax max: .91, .37, .99
     strong = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
     views = {id(z): z, id(strong): strong}
-    fake = SimpleNamespace(cfg=SimpleNamespace(method=SimpleNamespace(tau=0.8, dist_align=False)),
+    fake = SimpleNamespace(cfg=SimpleNamespace(method=SimpleNamespace(tau=0.8, dist_align=False, threshold="fixed")),
                            forward=lambda x: views[id(x)])
     fake.pseudo_labels = lambda logits: METHODS.get("fixmatch").pseudo_labels(fake, logits)
     want_fix = (F.cross_entropy(strong[0:1], torch.tensor([0])) + F.cross_entropy(strong[2:3], torch.tensor([2]))) / 3
@@ -61,7 +61,8 @@ def test_distribution_alignment_by_hand():
     """dist_align: p * prior / running mean, renormalised, then the threshold; the running mean moves by
     (1 - momentum) towards the batch's mean prediction at every call (a training step)."""
     z = torch.log(torch.tensor([[0.90, 0.05, 0.05], [0.60, 0.30, 0.10]]))  # softmax gives these rows back
-    fake = SimpleNamespace(cfg=SimpleNamespace(method=SimpleNamespace(tau=0.7, dist_align=True, align_momentum=0.5)),
+    fake = SimpleNamespace(cfg=SimpleNamespace(method=SimpleNamespace(tau=0.7, dist_align=True, align_momentum=0.5,
+                                                                    threshold="fixed")),
                            p_prior=torch.full((3,), 1 / 3), p_model=torch.tensor([0.8, 0.1, 0.1]))
     pseudo, mask = METHODS.get("fixmatch").pseudo_labels(fake, z)
     p_model = 0.5 * torch.tensor([0.8, 0.1, 0.1]) + 0.5 * torch.tensor([0.75, 0.175, 0.075])
@@ -72,6 +73,31 @@ def test_distribution_alignment_by_hand():
     assert mask.tolist() == (q.max(1).values >= 0.7).tolist()
     # a model that predicts class 0 for everything is pushed off it: the collapse the option prevents
     assert q[1].argmax() == 1 and torch.tensor([0.60, 0.30, 0.10]).argmax() == 0
+
+
+def test_adaptive_threshold_by_hand():
+    """FreeMatch's self-adaptive threshold: the running means of the max probability (global) and of each class's
+    probability (local) move by (1 - momentum) per call; class c's threshold is global * local_c / max(local)."""
+    probs = torch.tensor([[0.90, 0.05, 0.05], [0.50, 0.40, 0.10], [0.20, 0.30, 0.50]])
+    fake = SimpleNamespace(cfg=SimpleNamespace(method=SimpleNamespace(tau=0.99, dist_align=False, threshold="adaptive",
+                                                                      threshold_momentum=0.5)),
+                           sat_global=torch.tensor(1 / 3), sat_local=torch.full((3,), 1 / 3))
+    pseudo, mask = METHODS.get("fixmatch").pseudo_labels(fake, probs.log())
+    g = 0.5 / 3 + 0.5 * (0.90 + 0.50 + 0.50) / 3  # 0.4833
+    local = 0.5 / 3 + 0.5 * probs.mean(0)  # (0.4333, 0.2333, 0.2667)
+    assert fake.sat_global.item() == pytest.approx(g) and torch.allclose(fake.sat_local, local)
+    tau_c = g * local / local.max()  # class 0: 0.483, class 1: 0.260, class 2: 0.297
+    assert pseudo.tolist() == [0, 0, 2]
+    assert mask.tolist() == [True, True, True] == (probs.max(1).values >= tau_c[pseudo]).tolist()
+    assert fake.last_threshold.item() == pytest.approx(tau_c[[0, 0, 2]].mean().item())
+    # a second, less confident batch: the global mean follows the confidence down, class 1's share rises; class 0's
+    # 0.45 is now below its threshold (0.467), class 1's 0.45 above its lower one (0.366)
+    pseudo, mask = METHODS.get("fixmatch").pseudo_labels(fake, torch.tensor([[0.45, 0.35, 0.2], [0.3, 0.45, 0.25]]).log())
+    g2 = 0.5 * g + 0.5 * 0.45
+    local2 = 0.5 * local + 0.5 * torch.tensor([0.375, 0.40, 0.225])
+    tau2 = g2 * local2 / local2.max()
+    assert fake.sat_global.item() == pytest.approx(g2) and pseudo.tolist() == [0, 1]
+    assert mask.tolist() == [0.45 >= tau2[0].item(), 0.45 >= tau2[1].item()] == [False, True]
 
 
 def test_conjugate_gradient_solves_every_column():
@@ -219,9 +245,11 @@ def test_without_a_random_weak_pipeline_one_view_is_cached(tmp_path, method):
     assert 0 <= loop.run(c, tmp_path / "r")["test_acc"] <= 100
 
 
-@pytest.mark.parametrize("method", SSL)
-def test_resume_equals_not_stopping(tmp_path, method, interrupted_run):
-    c = _cfg(method, **{"train.epochs": 3})
+@pytest.mark.parametrize("method,over", [(m, {}) for m in SSL] + [
+    ("fixmatch", {"method.threshold": "adaptive", "method.dist_align": True, "method.threshold_momentum": 0.9})])
+def test_resume_equals_not_stopping(tmp_path, method, over, interrupted_run):
+    """Method state included: distribution alignment's and the adaptive threshold's running means."""
+    c = _cfg(method, **over, **{"train.epochs": 3})
     full = loop.run(c, tmp_path / "full")
     interrupted_run(c, tmp_path / "cut", epoch=1)
     resumed = loop.run(c, tmp_path / "cut", resume=True)
@@ -241,6 +269,9 @@ def test_resume_equals_not_stopping(tmp_path, method, interrupted_run):
     ({"method.train_stages": 1, "method.name": "labelprop"}, "method.train_stages: labelprop propagates over"),
     ({"method.tta": 1, "method.name": "labelprop"}, "method.tta: labelprop propagates over"),
     ({"method.dist_align": True, "method.name": "labelprop"}, "method.dist_align: labelprop's pseudo-labels"),
+    ({"method.threshold": "adaptive", "method.name": "labelprop"}, "method.threshold: labelprop's pseudo-labels"),
+    ({"method.threshold": "median"}, "method.threshold"),
+    ({"method.threshold_momentum": 1.0}, "method.threshold_momentum"),
     ({"method.k": 0, "method.name": "labelprop"}, "method.k"),
     ({"method.alpha": 1.0, "method.name": "labelprop"}, "method.alpha"),
 ])

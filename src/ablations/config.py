@@ -194,6 +194,9 @@ class RunConfig:
         return out
 
 
+# a number in exponent notation without a decimal point (1e-3, 5E+4): PyYAML, following YAML 1.1, keeps it a string
+_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
 _SCALARS = ("study", "variant", "preset", "seed", "metric", "target", "goal")
 
 
@@ -294,6 +297,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string; a number is what was meant
         raise ConfigError(f"{where}: expected a number, got {value!r}")
     if tp is str or tp is RunRef:
         if isinstance(value, str):

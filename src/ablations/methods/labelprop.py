@@ -53,9 +53,10 @@ class LabelProp(SemiSupervised):
                 raise FieldError(f"method.{key}", "labelprop propagates over the frozen backbone's cached features: "
                                  f"leave train_stages at 0, cache_features at auto and tta at 0, got "
                                  f"{getattr(mc, key)!r}")
-        if mc.dist_align:
-            raise FieldError("method.dist_align", "labelprop's pseudo-labels come from the graph, not the head's "
-                             "predictions: there is nothing to align")
+        for key, bad in (("dist_align", mc.dist_align), ("threshold", mc.threshold != "fixed")):
+            if bad:
+                raise FieldError(f"method.{key}", "labelprop's pseudo-labels come from the graph, not the head's "
+                                 f"predictions: there is nothing to align or threshold, got {getattr(mc, key)!r}")
 
     def __init__(self, cfg: RunConfig, rt: Runtime, run_dir: Path, refs: dict[str, Path]):
         super().__init__(cfg, rt, run_dir, refs)

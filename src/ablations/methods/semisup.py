@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +50,12 @@ class SemiSupConfig(FinetuneConfig):
                            "few classes when labels are very few")
     align_momentum: float = opt(0.999, "dist_align: momentum of the running mean of the predictions (per step)",
                                 ge=0, lt=1)
+    threshold: Literal["fixed", "adaptive"] = opt(
+        "fixed", "fixed: a pseudo-label counts where its probability reaches tau; adaptive: FreeMatch's self-adaptive "
+        "threshold (Wang et al., ICLR 2023): the running mean of the unlabeled batches' max probability, times the "
+        "class's running mean probability over the largest one (tau is then unused); it follows the head's own "
+        "confidence, so no tau has to be tuned to how calibrated the head is")
+    threshold_momentum: float = opt(0.999, "adaptive threshold: momentum of its running means (per step)", ge=0, lt=1)
 
 
 class SemiSupervised(Finetune):
@@ -93,6 +99,10 @@ class SemiSupervised(Finetune):
         counts = torch.bincount(d.train_y.long(), minlength=n_cls).float().to(dev)
         self.p_prior = counts / counts.sum()
         self.p_model = torch.full((n_cls,), 1.0 / n_cls, device=dev)
+        # adaptive threshold: the running means of the max probability (global, ()) and of each class's
+        # probability (local, (C,)), both starting at 1 / C as in FreeMatch (method state: checkpointed)
+        self.sat_global = torch.tensor(1.0 / n_cls, device=dev)
+        self.sat_local = torch.full((n_cls,), 1.0 / n_cls, device=dev)
         self.strong = build_pipeline(cfg.data.aug.get("strong", []))
         # B labeled (fewer when the labeled set is smaller) and mu * batch_size unlabeled images per step
         self.ubs = mc.mu * cfg.train.batch_size
@@ -174,24 +184,35 @@ class SemiSupervised(Finetune):
         """(pseudo-labels (U,), mask (U,) bool) of the weak view's (U, C) logits: the argmax, and where its
         probability reaches tau; with dist_align, of the aligned probabilities. No gradient."""
         mc = self.cfg.method
-        if not mc.dist_align:
+        if not mc.dist_align and mc.threshold == "fixed":
             return confident(logits, mc.tau)
-        p = F.softmax(logits.detach().float(), dim=1)
-        # called from train_step only: every training step moves the running mean (over all the processes'
-        # shards of a distributed run, so that every process keeps the same one)
-        batch_mean = distributed.mean_over_processes(p.mean(0))
-        self.p_model.mul_(mc.align_momentum).add_(batch_mean, alpha=1 - mc.align_momentum)
-        p = p * (self.p_prior / self.p_model.clamp_min(1e-6))
-        conf, pseudo = (p / p.sum(1, keepdim=True)).max(dim=1)
-        return pseudo, conf >= mc.tau
+        p = F.softmax(logits.detach().float(), dim=1)  # (U, C)
+        # called from train_step only: every training step moves the running means (over all the processes'
+        # shards of a distributed run, so that every process keeps the same ones)
+        if mc.dist_align:
+            batch_mean = distributed.mean_over_processes(p.mean(0))
+            self.p_model.mul_(mc.align_momentum).add_(batch_mean, alpha=1 - mc.align_momentum)
+            p = p * (self.p_prior / self.p_model.clamp_min(1e-6))
+            p = p / p.sum(1, keepdim=True)
+        conf, pseudo = p.max(dim=1)
+        if mc.threshold == "fixed":
+            return pseudo, conf >= mc.tau
+        m = mc.threshold_momentum
+        self.sat_global.mul_(m).add_(distributed.mean_over_processes(conf.mean()), alpha=1 - m)
+        self.sat_local.mul_(m).add_(distributed.mean_over_processes(p.mean(0)), alpha=1 - m)
+        tau_c = self.sat_global * self.sat_local / self.sat_local.max()  # (C,) each class's threshold
+        self.last_threshold = tau_c[pseudo].mean()  # for the log: the mean threshold this batch was held to
+        return pseudo, conf >= tau_c[pseudo]
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "p_model": self.p_model.clone()}
+        return {**super().state_dict(), "p_model": self.p_model.clone(), "sat_global": self.sat_global.clone(),
+                "sat_local": self.sat_local.clone()}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        if "p_model" in state:
-            self.p_model.copy_(state["p_model"])
+        for key in ("p_model", "sat_global", "sat_local"):
+            if key in state:
+                getattr(self, key).copy_(state[key])
 
     def unlabeled_loss(self, uw: torch.Tensor, us: Optional[torch.Tensor], ui: torch.Tensor
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -210,9 +231,12 @@ class SemiSupervised(Finetune):
         loss = loss_s + mc.lambda_u * ramp * loss_u
         right = pseudo == u_true
         n, nu = len(yl), len(u_true)
-        return loss, {"n": torch.tensor(float(n)), "loss": loss_s.detach() * n, "acc": 100.0 * (out.argmax(1) == yl).sum(),
-                      "nu": torch.tensor(float(nu)), "loss_u": loss_u.detach() * nu, "mask": mask.sum().float(),
-                      "pl_right": (right & mask).sum().float(), "pl_right_all": right.sum().float()}
+        sums = {"n": torch.tensor(float(n)), "loss": loss_s.detach() * n, "acc": 100.0 * (out.argmax(1) == yl).sum(),
+                "nu": torch.tensor(float(nu)), "loss_u": loss_u.detach() * nu, "mask": mask.sum().float(),
+                "pl_right": (right & mask).sum().float(), "pl_right_all": right.sum().float()}
+        if mc.threshold == "adaptive" and hasattr(self, "last_threshold"):
+            sums["thr"] = self.last_threshold * nu
+        return loss, sums
 
     def finish(self, result: dict) -> dict:
         out = super().finish(result)
@@ -228,6 +252,8 @@ class SemiSupervised(Finetune):
                     "pl_acc": 100.0 * sums["pl_right"] / m if m else float("nan"),  # % right among those
                     "pl_acc_all": 100.0 * sums["pl_right_all"] / nu,  # % right over all (threshold 0)
                     "unlabeled_per_s": sums["nu"] / max(train_time, 1e-9)})
+        if "thr" in sums:  # adaptive threshold: its mean over the epoch's unlabeled images (a probability)
+            out["pl_threshold"] = sums["thr"] / nu
         return out
 
 
