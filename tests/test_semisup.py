@@ -197,10 +197,11 @@ def test_cached_views_are_the_backbones_features_of_seeded_views(tmp_path):
     assert torch.equal(m3.us[:, i3], m.us[:, i1])  # the same image has the same views in both runs
 
 
-@pytest.mark.parametrize("method", SSL)
-def test_every_algorithm_trains_and_reports_its_pseudo_labels(tmp_path, method):
+@pytest.mark.parametrize("method,over", [(m, {}) for m in SSL] + [
+    ("fixmatch", {"method.threshold": "adaptive", "method.threshold_momentum": 0.5})])
+def test_every_algorithm_trains_and_reports_its_pseudo_labels(tmp_path, method, over):
     d = tmp_path / "fewlabels" / "smoke" / method / "seed0"
-    res = loop.run(_cfg(method), d)
+    res = loop.run(_cfg(method, **over), d)
     assert res["n_labeled"] == 12 and res["n_unlabeled"] == 120 - 24 - 12
     assert res["trainable_params"] == 512 * 3 + 3  # the head alone: the views were cached
     recs = [r for r in rd.read_metrics(d / rd.METRICS) if "pl_coverage" in r]
@@ -212,6 +213,11 @@ def test_every_algorithm_trains_and_reports_its_pseudo_labels(tmp_path, method):
     text = write_report(tmp_path / "fewlabels" / "smoke").read_text()
     assert "## Few labels" in text and "| " + method + " | " in text and "pseudolabels.png" in text
     assert "| 4 per class (12.5 %) |" in text  # the configured budget, the measured share in brackets
+    if over:  # the adaptive threshold: logged every epoch, a probability, and shown in the report
+        assert all(0 < r["pl_threshold"] <= 1 for r in recs) and f"| {method} | 0 | adaptive, mean " in text
+    else:
+        assert "pl_threshold" not in recs[-1]
+        assert f"| {method} | 0 | {'none (graph weights)' if method == 'labelprop' else 'tau 0.5'} |" in text
     assert (tmp_path / "fewlabels" / "smoke" / "fewlabels.png").stat().st_size > 1000
 
 

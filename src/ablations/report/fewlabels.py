@@ -102,16 +102,28 @@ def render(run_list: list, out_dir: Path) -> str:
     ssl = [r for r in run_list if any("pl_coverage" in m for m in r.metrics)]
     if ssl:
         lines += ["", "Pseudo-labels at the last epoch: coverage = % of the unlabeled images in a step whose "
-                  "pseudo-label reached the threshold tau (and was trained on); accuracy = % of those that are the "
-                  "true class (the unlabeled images' labels are read for this measurement only).", "",
-                  "| variant | seed | coverage | accuracy (counted) | accuracy (all) |", "|---|---|---|---|---|"]
+                  "pseudo-label reached the threshold (and was trained on); accuracy = % of those that are the "
+                  "true class (the unlabeled images' labels are read for this measurement only); threshold = tau, "
+                  "or for the adaptive one its mean over the epoch's pseudo-labels.", "",
+                  "| variant | seed | threshold | coverage | accuracy (counted) | accuracy (all) |",
+                  "|---|---|---|---|---|---|"]
         for r in ssl:
             last = [m for m in r.metrics if "pl_coverage" in m][-1]
-            lines.append(f"| {r.variant} | {r.seed} | {last['pl_coverage']:.1f} % | {last['pl_acc']:.1f} % | "
-                         f"{last['pl_acc_all']:.1f} % |")
+            lines.append(f"| {r.variant} | {r.seed} | {_threshold(r, last)} | {last['pl_coverage']:.1f} % | "
+                         f"{last['pl_acc']:.1f} % | {last['pl_acc_all']:.1f} % |")
         curve = _plot_pseudo(ssl, Path(out_dir) / "pseudolabels.png")
         lines += ["", f"![pseudo-label coverage and accuracy over training]({curve.name})"]
     return "\n".join(lines)
+
+
+def _threshold(run, last: dict) -> str:
+    """The threshold a run's pseudo-labels were held to, as the table shows it."""
+    mc = run.config.get("method", {})
+    if mc.get("name") == "labelprop":
+        return "none (graph weights)"
+    if "pl_threshold" in last:
+        return f"adaptive, mean {last['pl_threshold']:.2f}"
+    return f"tau {mc.get('tau', '?')}"
 
 
 def _plot(series: dict[str, list[tuple[float, tuple[float, float]]]], floor: float | None, path: Path,
