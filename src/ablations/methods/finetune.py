@@ -41,16 +41,26 @@ class Finetune(Supervised):
     Config = FinetuneConfig
     report_sections = ("results", "curves", "transfer", "explanations")
     caches_views = False  # a subclass that caches augmented views itself (semisup.py): no plain train cache
+    scratch_ok = False  # a subclass that also trains from-scratch networks (semisup.py): every option here is then moot
 
     @classmethod
     def check(cls, cfg: RunConfig) -> None:
         super().check(cfg)
-        require_pretrained(cfg)
+        if not cls.scratch_ok:
+            require_pretrained(cfg)
+        elif not is_pretrained(cfg):  # a from-scratch network trains whole: the transfer options mean nothing
+            mc, default = cfg.method, cls.Config()
+            for key in ("train_stages", "unfreeze_every", "bn"):
+                if getattr(mc, key) != getattr(default, key):
+                    raise FieldError(f"method.{key}", f"applies to pretrained backbones; {cfg.model.name!r} trains "
+                                     f"from scratch, whole (got {getattr(mc, key)!r})")
 
     def __init__(self, cfg: RunConfig, rt: Runtime, run_dir: Path, refs: dict[str, Path]):
         super().__init__(cfg, rt, run_dir, refs)
         mc = cfg.method
-        self.model.configure(mc.train_stages, mc.unfreeze_every, mc.bn)
+        self.transfer = is_pretrained(cfg)  # False: a from-scratch network (semi-supervised methods only)
+        if self.transfer:
+            self.model.configure(mc.train_stages, mc.unfreeze_every, mc.bn)
         # a frozen backbone without augmentation: features once, the head trains on them
         self.cached = self.frozen_inputs() and not self.aug.random and not self.caches_views
         self.cache_stats: dict = {}  # train + val features: what every epoch would recompute without the cache
@@ -63,7 +73,7 @@ class Finetune(Supervised):
         """Whether the backbone is a fixed function of the stored images (so its features can be cached):
         nothing in it trains and nothing changes its inputs but the augmentation pipeline."""
         mc = self.cfg.method
-        return (mc.cache_features == "auto" and self.model.backbone_frozen()
+        return (self.transfer and mc.cache_features == "auto" and self.model.backbone_frozen()
                 and not (mc.altflip or mc.low_res or mc.tta))
 
     def features(self, x: torch.Tensor, stats: Optional[dict] = None) -> torch.Tensor:
@@ -83,7 +93,8 @@ class Finetune(Supervised):
 
     def start_epoch(self, epoch: int) -> None:
         super().start_epoch(epoch)  # the model's own per-epoch hook, if it has one
-        self.model.set_epoch(epoch)  # gradual unfreezing
+        if self.transfer:
+            self.model.set_epoch(epoch)  # gradual unfreezing
 
     def eval_inputs(self, split: str):
         if split == "test" and self.cached:  # once, after training: kept out of the per-epoch cache stats
@@ -99,9 +110,14 @@ class Finetune(Supervised):
         return out
 
 
+def is_pretrained(cfg: RunConfig) -> bool:
+    """Whether the model is a pretrained backbone + head (models/pretrained.py), whatever model.pretrained says."""
+    return bool(MODELS.entry(cfg.model.name).meta.get("pretrained"))
+
+
 def require_pretrained(cfg: RunConfig) -> None:
     """The methods that start from ImageNet weights (finetune, zeroshot) refuse any other model at load."""
-    if not MODELS.entry(cfg.model.name).meta.get("pretrained"):
+    if not is_pretrained(cfg):
         names = [e.name for e in MODELS.entries() if e.meta.get("pretrained")]
         raise FieldError("model.name", f"method {cfg.method.name} needs a pretrained backbone; {cfg.model.name!r} "
                          f"is not one (choices: {', '.join(names)})")

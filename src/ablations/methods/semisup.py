@@ -66,6 +66,7 @@ class SemiSupervised(Finetune):
     aug_roles = ("train", "strong")
     report_sections = ("results", "curves", "transfer", "fewlabels", "explanations")
     needs_strong = False  # FixMatch: True (the `strong` pipeline must be set)
+    scratch_ok = True  # a from-scratch network (e.g. airnet) trains whole, augmenting every step (cifar10-fewlabels)
 
     @classmethod
     def check(cls, cfg: RunConfig) -> None:
