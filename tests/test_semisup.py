@@ -356,3 +356,75 @@ def test_fewlabels_table_rows_are_settings_and_columns_budgets(tmp_path):
     assert "| supervised (head) (data.image_size=0) | 51.00 ± 1.41 (2) | 30.00 (1) |" in section
     assert "| supervised (head) (data.image_size=32) | 40.00 (1) |  |" in section
     assert "zeroshot |" not in section
+
+
+# ---- from scratch: a network without pretrained weights trains whole, its views augmented every step
+
+def _scratch(method: str, **over):
+    tree = {"data": {"name": "synthetic", "n_train": 120, "n_test": 48, "n_classes": 3, "noise": 0.35,
+                     "image_size": 32, "val_fraction": 0.0, "labeled_per_class": 4,
+                     "aug": {"train": ["flip", {"translate": 2}], "strong": [{"randaugment": {"n_ops": 2}}, "cutout"]}},
+            "model": {"name": "airnet", "widths": [8, 16, 16]},
+            "method": {"name": method, "mu": 3, "tau": 0.5},
+            "optim": {"name": "nesterov", "lr": 0.05, "momentum": 0.9},
+            "train": {"epochs": 2, "batch_size": 8, "eval_batch_size": 32, "threads": 1, "precision": "fp32",
+                      "log_every": 1000}}
+    for k, v in over.items():
+        sec, key = k.split(".", 1)
+        tree.setdefault(sec, {})[key] = v
+    return make(tree, study="fewlabels", variant=method, preset="smoke", seed=0)
+
+
+@pytest.mark.parametrize("method", [m for m in SSL if m != "labelprop"])
+def test_a_from_scratch_network_trains_whole(tmp_path, method):
+    """No feature cache, no frozen part: every parameter is trainable and moves, and the pseudo-labels are logged."""
+    from safetensors.torch import load_file
+
+    c = _scratch(method)
+    m = METHODS.get(method)(c, runtime.setup(c.train, c.seed), tmp_path / "x", {})
+    assert not m.transfer and not m.view_mode and not m.cached
+    before = {k: v.clone() for k, v in m.model.state_dict().items()}
+    res = loop.run(c, tmp_path / "r")
+    assert res["trainable_params"] == sum(p.numel() for p in m.model.parameters() if p.requires_grad)
+    after = load_file(str(tmp_path / "r" / rd.FINAL))
+    convs = [k for k in after if k.endswith("weight") and after[k].dim() == 4 and k != "stem.weight"]
+    assert convs and all(not torch.equal(before[k], after[k]) for k in convs)  # the frozen whitening layer aside
+    assert res["n_labeled"] == 12 and res["n_unlabeled"] == 108
+    assert "pl_coverage" in rd.read_metrics(tmp_path / "r" / rd.METRICS)[-1]
+
+
+def test_from_scratch_resume_equals_not_stopping(tmp_path, interrupted_run):
+    c = _scratch("fixmatch", **{"train.epochs": 3, "method.threshold": "adaptive", "method.dist_align": True})
+    full = loop.run(c, tmp_path / "full")
+    interrupted_run(c, tmp_path / "cut", epoch=1)
+    resumed = loop.run(c, tmp_path / "cut", resume=True)
+    strip = lambda rs: [{k: v for k, v in r.items() if not k.endswith(("_s", "_time", "per_s")) and k != "time"}  # noqa: E731
+                        for r in rs]
+    assert strip(rd.read_metrics(tmp_path / "full" / rd.METRICS)) == strip(rd.read_metrics(tmp_path / "cut" / rd.METRICS))
+    assert full["test_acc"] == resumed["test_acc"]
+
+
+@pytest.mark.parametrize("over,words", [
+    ({"method.train_stages": 1}, "method.train_stages: applies to pretrained backbones; 'airnet' trains from scratch"),
+    ({"method.bn": "train"}, "method.bn: applies to pretrained backbones"),
+    ({"method.unfreeze_every": 2}, "method.unfreeze_every: applies to pretrained backbones"),
+])
+def test_transfer_options_on_a_from_scratch_network_are_refused(over, words):
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        _scratch("fixmatch", **over)
+
+
+def test_finetune_itself_still_needs_a_pretrained_backbone():
+    with pytest.raises(ConfigError, match="method finetune needs a pretrained backbone"):
+        make({"model.name": "airnet", "method.name": "finetune", "data.name": "synthetic"})
+
+
+@pytest.mark.parametrize("variant", __import__("ablations.study", fromlist=["x"]).get_study("cifar10-fewlabels").variants)
+def test_every_cifar10_fewlabels_variant_trains(variant, tmp_path):
+    """The from-scratch study's smoke preset on synthetic images (CIFAR-10's shape and classes)."""
+    from ablations.study import get_study
+
+    sets = {"data.name": "synthetic", "data.n_train": 400, "data.n_test": 32, "data.n_classes": 10, "train.threads": 1}
+    (cfg,) = get_study("cifar10-fewlabels").resolve("smoke", [variant], seeds=1, sets=sets)
+    res = loop.run(cfg, tmp_path / variant)
+    assert 0 <= res["test_acc"] <= 100 and res["n_labeled"] == 40
