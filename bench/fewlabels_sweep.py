@@ -63,8 +63,9 @@ GRID: list[tuple[str, str, dict]] = [
 def run_point(out: Path, tag: str, variant: str, over: dict, threads: int) -> dict:
     res = out / tag / STUDY / "full" / variant / "seed0" / "result.json"
     if not res.exists():
-        cmd = [sys.executable, "-c", "import sys; from ablations.cli import main; sys.exit(main())", "run", STUDY, "--preset", "full", "--variant", variant,
-               "--seeds", "1", "--set", f"train.threads={threads}", "--out", str(out / tag)]
+        cli = "import sys; from ablations.cli import main; sys.exit(main())"  # the CLI, as `ablations` runs it
+        cmd = [sys.executable, "-c", cli, "run", STUDY, "--preset", "full", "--variant", variant, "--seeds", "1",
+               "--set", f"train.threads={threads}", "--out", str(out / tag)]
         for k, v in over.items():
             cmd += ["--set", f"{k}={v}"]
         log = out / f"{tag}.log"

@@ -201,9 +201,7 @@ class SemiSupervised(Finetune):
         m = mc.threshold_momentum
         self.sat_global.mul_(m).add_(distributed.mean_over_processes(conf.mean()), alpha=1 - m)
         self.sat_local.mul_(m).add_(distributed.mean_over_processes(p.mean(0)), alpha=1 - m)
-        tau_c = self.sat_global * self.sat_local / self.sat_local.max()  # (C,) each class's threshold
-        self.last_threshold = tau_c[pseudo].mean()  # for the log: the mean threshold this batch was held to
-        return pseudo, conf >= tau_c[pseudo]
+        return pseudo, conf >= class_thresholds(self.sat_global, self.sat_local)[pseudo]
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "p_model": self.p_model.clone(), "sat_global": self.sat_global.clone(),
@@ -235,8 +233,8 @@ class SemiSupervised(Finetune):
         sums = {"n": torch.tensor(float(n)), "loss": loss_s.detach() * n, "acc": 100.0 * (out.argmax(1) == yl).sum(),
                 "nu": torch.tensor(float(nu)), "loss_u": loss_u.detach() * nu, "mask": mask.sum().float(),
                 "pl_right": (right & mask).sum().float(), "pl_right_all": right.sum().float()}
-        if mc.threshold == "adaptive" and hasattr(self, "last_threshold"):
-            sums["thr"] = self.last_threshold * nu
+        if mc.threshold == "adaptive":  # for the log: the thresholds this batch's pseudo-labels were held to
+            sums["thr"] = class_thresholds(self.sat_global, self.sat_local)[pseudo].sum()
         return loss, sums
 
     def finish(self, result: dict) -> dict:
@@ -258,6 +256,12 @@ class SemiSupervised(Finetune):
         return out
 
 
+def class_thresholds(sat_global: torch.Tensor, sat_local: torch.Tensor) -> torch.Tensor:
+    """FreeMatch's (C,) per-class thresholds: the global running mean of the max probability (a scalar) scaled by
+    each class's running mean probability over the largest one."""
+    return sat_global * sat_local / sat_local.max()
+
+
 def confident(logits: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(pseudo-labels, mask) of (U, C) logits: the argmax, and where its probability is >= tau. No gradient."""
     p = F.softmax(logits.detach().float(), dim=1)
@@ -265,4 +269,4 @@ def confident(logits: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Ten
     return pseudo, conf >= tau
 
 
-__all__ = ["SemiSupConfig", "SemiSupervised", "confident"]
+__all__ = ["SemiSupConfig", "SemiSupervised", "class_thresholds", "confident"]
