@@ -117,3 +117,6 @@ def test_study_report_has_the_coreset_section(tmp_path, tiny_study):
     md = (tmp_path / "out" / "cs" / "smoke" / "report.md").read_text()
     assert "## Core-sets" in md and "| forgetting50 | forgetting | 50 % |" in md and "| random50 | random | 50 % |" in md
     assert "Proxy proxy seed 0:" in md and (tmp_path / "out" / "cs" / "smoke" / "coreset.png").exists()
+    # the study's data line describes the reference variant's (the whole set's) splits, not a core-set's
+    data_line = next(line for line in md.splitlines() if line.startswith("- Data:"))
+    assert "core-set" not in data_line and "train: 256 of the 320" in data_line, data_line

@@ -259,8 +259,11 @@ def render_markdown(runs: list[Run], out: Path) -> str:
         parts += [f"Metric `{c0.get('metric')}` ({'higher' if c0.get('goal') == 'max' else 'lower'} is better),"
                   " evaluated once after training on held-out data (see splits)."]
         # one line per data source: a study may span datasets (e.g. Imagewoof and CIFAR-10 cat/dog)
+        # the reference (first) variant's splits describe a source: a later variant may train on a part of
+        # it (a core-set, a labeled share), which its own section reports
+        order = _variant_order(runs)
         seen = {}
-        for r in done:
+        for r in sorted(done, key=lambda r: (order.index(r.variant), r.seed)):
             seen.setdefault(r.result.get("data_source", ""), r.result.get("splits") or {})
         for src, splits in seen.items():
             line = f"- Data: {src}."
