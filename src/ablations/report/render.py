@@ -261,10 +261,10 @@ def render_markdown(runs: list[Run], out: Path) -> str:
         # one line per data source: a study may span datasets (e.g. Imagewoof and CIFAR-10 cat/dog)
         # the reference (first) variant's splits describe a source: a later variant may train on a part of
         # it (a core-set, a labeled share), which its own section reports
-        order = _variant_order(runs)
         seen = {}
-        for r in sorted(done, key=lambda r: (order.index(r.variant), r.seed)):
-            seen.setdefault(r.result.get("data_source", ""), r.result.get("splits") or {})
+        for group in group_by_variant(done, runs).values():  # variants in the study's order, each by seed
+            for r in group:
+                seen.setdefault(r.result.get("data_source", ""), r.result.get("splits") or {})
         for src, splits in seen.items():
             line = f"- Data: {src}."
             if splits:
