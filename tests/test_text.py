@@ -160,7 +160,8 @@ def test_tinyshakespeare_local_copy(shared_datasets, monkeypatch):
 # ---------------------------------------------------------------- models
 
 @pytest.mark.parametrize("name,opts", [("rnn", {}), ("lstm", {}), ("gru", {}), ("lstm", {"embed": 0}),
-                                       ("gru", {"layers": 2, "dropout": 0.1, "layer_norm": True})])
+                                       ("gru", {"layers": 2, "dropout": 0.1, "layer_norm": True}),
+                                       ("lstm", {"layers": 2, "weight_drop": 0.2})])
 def test_every_text_model_overfits_a_tiny_corpus(name, opts):
     torch.manual_seed(0)
     vocab = Vocab.build(list(CORPUS), "char")
@@ -184,6 +185,40 @@ def test_every_text_model_overfits_a_tiny_corpus(name, opts):
     with torch.no_grad():
         final = float(F.cross_entropy(model(x)[0].flatten(0, 1), y.flatten()))
     assert final < 0.3 * unigram, (final, unigram)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_weight_drop_is_one_dropconnect_mask_per_batch_on_the_recurrent_weights(cell):
+    p = 0.5
+    torch.manual_seed(0)
+    m = MODELS.get(cell)(RNNConfig(name=cell, hidden=8, embed=4, layers=2, weight_drop=p), DataSpec(vocab_size=10))
+    ref = MODELS.get(cell)(RNNConfig(name=cell, hidden=8, embed=4, layers=2), DataSpec(vocab_size=10))
+    ref.load_state_dict(m.state_dict())
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    x = torch.randint(1, 10, (3, 12))
+    m.train(), ref.train()
+    torch.manual_seed(1)
+    out, _ = m(x)
+    # the same masks, drawn in the same order (layer 0 first) from the same seed, written into a plain model
+    torch.manual_seed(1)
+    masks = [(F.dropout(torch.ones_like(r.weight_hh_l0), p, training=True) > 0) for r in ref.rnns]
+    with torch.no_grad():
+        for r, keep in zip(ref.rnns, masks):
+            r.weight_hh_l0.mul_(keep / (1 - p))
+    assert torch.allclose(out, ref(x)[0], atol=1e-6)
+    out.sum().backward()
+    for r, keep in zip(m.rnns, masks):
+        assert 0 < int((~keep).sum()) < keep.numel()  # some, not all, weights dropped
+        assert torch.all(r.weight_hh_l0.grad[~keep] == 0) and r.weight_hh_l0.grad[keep].abs().sum() > 0
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())  # the parameters are untouched
+    m.eval()  # evaluation uses the whole weights
+    assert torch.equal(m(x)[0], _plain(m, cell)(x)[0])
+
+
+def _plain(m, cell):
+    plain = MODELS.get(cell)(RNNConfig(name=cell, hidden=8, embed=4, layers=2), DataSpec(vocab_size=10)).eval()
+    plain.load_state_dict(m.state_dict())
+    return plain
 
 
 def test_state_carries_over():

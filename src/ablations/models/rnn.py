@@ -27,6 +27,8 @@ class RNNConfig(ModelConfig):
     embed: int = opt(64, "token embedding size (0: one-hot input)", ge=0)
     dropout: float = opt(0.0, "dropout between layers and before the output layer", ge=0, lt=1)
     layer_norm: bool = opt(False, "layer norm on each layer's output")
+    weight_drop: float = opt(0.0, "DropConnect on each layer's hidden-to-hidden weights while training (AWD-LSTM's "
+                                  "WeightDrop): one mask per batch, shared by all time steps", ge=0, lt=1)
 
 _CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
@@ -35,7 +37,7 @@ State = tuple  # per layer: Tensor (1, B, H) for rnn/gru, (Tensor, Tensor) for l
 
 class CharRNN(nn.Module):
     def __init__(self, cell: str, vocab_size: int, hidden: int = 256, layers: int = 1, embed: int = 64,
-                 dropout: float = 0.0, layer_norm: bool = False):
+                 dropout: float = 0.0, layer_norm: bool = False, weight_drop: float = 0.0):
         super().__init__()
         if cell not in _CELLS:
             raise ValueError(f"unknown recurrent cell {cell!r}; choices: {', '.join(_CELLS)}")
@@ -43,6 +45,8 @@ class CharRNN(nn.Module):
             raise ValueError(f"model needs layers >= 1 and hidden >= 1, got layers={layers} hidden={hidden}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {dropout}")
+        if not 0.0 <= weight_drop < 1.0:
+            raise ValueError(f"model.weight_drop must be in [0, 1), got {weight_drop}")
         self.cell, self.vocab_size, self.hidden, self.n_layers = cell, vocab_size, hidden, layers
         # embed == 0: one-hot input, as in Karpathy's char-rnn; the first layer's input size is then V
         self.embed = nn.Embedding(vocab_size, embed) if embed > 0 else None
@@ -55,6 +59,10 @@ class CharRNN(nn.Module):
         self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(layers)) if layer_norm else None
         # dropout on the non-recurrent connections only (Zaremba et al. 2014): after each layer's output
         self.drop = nn.Dropout(dropout)
+        # DropConnect on the recurrent weights (Merity et al. 2018): the only regulariser that reaches the
+        # recurrence itself, and it keeps torch's fused (oneDNN / cuDNN) sequence kernel, unlike per-step
+        # recurrent dropout, because the mask is drawn once per forward call, not per time step
+        self.weight_drop = weight_drop
         self.head = nn.Linear(hidden, vocab_size)
         self._init_weights()
 
@@ -73,7 +81,14 @@ class CharRNN(nn.Module):
         h = self.embed(x) if self.embed is not None else F.one_hot(x, self.vocab_size).float()
         new_state = []
         for i, rnn in enumerate(self.rnns):
-            h, s = rnn(h, None if state is None else state[i])  # h: (B, T, H)
+            st = None if state is None else state[i]
+            if self.training and self.weight_drop > 0:
+                # the dropped copy stands in for the parameter in this call only; gradients reach the
+                # parameter through the mask (zero where dropped, scaled by 1 / (1 - p) elsewhere)
+                w = F.dropout(rnn.weight_hh_l0, self.weight_drop, training=True)  # (G * H, H), G gates
+                h, s = torch.func.functional_call(rnn, {"weight_hh_l0": w}, (h, st))
+            else:
+                h, s = rnn(h, st)  # h: (B, T, H)
             new_state.append(s)
             if self.norms is not None:
                 h = self.norms[i](h)
@@ -98,7 +113,7 @@ def map_state(state: Optional[State], fn) -> Optional[State]:
 def _builder(cell: str):
     def build(mc: RNNConfig, spec) -> CharRNN:
         return CharRNN(cell, spec.vocab_size, hidden=mc.hidden, layers=mc.layers, embed=mc.embed,
-                       dropout=mc.dropout, layer_norm=mc.layer_norm)
+                       dropout=mc.dropout, layer_norm=mc.layer_norm, weight_drop=mc.weight_drop)
 
     build.__doc__ = f"{cell.upper()} language model: (cfg.model, spec) -> CharRNN over spec.vocab_size tokens"
     return build
