@@ -6,6 +6,8 @@ seconds, time to 93 % and 94 %, img/s, achieved GFLOP/s against the CPU's nomina
     .venv/bin/pip install airbench==0.1.8            # a bench-only dependency (not in pyproject)
     ABLATIONS_DATA=../shared/datasets .venv/bin/python bench/cifar_fast.py
     .venv/bin/python bench/cifar_fast.py --smoke     # a minute: 2,048 images, both nets, temp --out
+    .venv/bin/python bench/cifar_fast.py --profile [--profile-study cifar100-fast --variant budget30_bf16_muon]
+        # seconds: where a training step's time goes, per convolution shape, forward vs backward
 
 The peer runs its own `train94` with its own network and hyper-parameters; `AirbenchOnCPU` (below) changes
 only what ties it to CUDA: the device (its loader gets gpu='cpu'), the dtype (fp32 where its code says
@@ -233,39 +235,60 @@ def ours_summary(r: dict, peak: dict, target: float) -> dict:
                      total, train_s, images, flops, curve, peak, target)
 
 
-def profile(out: Path, batch: int = 512, steps: int = 2) -> str:
-    """Where a training step of the recipe's network goes (convolutions vs the rest), torch's profiler, on
-    random inputs at 32 px: the answer to "what limits it". Writes the op table to `out`."""
+def profile(out: Path, study: str = "cifar10-fast", preset: str = "headline", variant: str = "recipe",
+            batch: int = 512, steps: int = 2) -> str:
+    """Where a training step of a study's network goes (convolutions vs the rest, and per convolution shape
+    forward vs backward), torch's profiler, on random inputs at 32 px, in the precision our runs pick on
+    this CPU (bf16 autocast where it has AVX512-BF16 or AMX): the answer to "what limits it". Writes the op
+    tables to `out`."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as tprofile
 
     from ablations.data.base import DataSpec
 
-    cfg = get_study("cifar10-fast").resolve("headline", ["recipe"], sets={"train.device": "cpu"})[0]
-    net = MODELS.get("airnet")(cfg.model, DataSpec(classes=[str(i) for i in range(10)], image_size=32))
+    cfg = get_study(study).resolve(preset, [variant], sets={"train.device": "cpu"})[0]
+    classes = 100 if cfg.data.name == "cifar100" else 10
+    net = MODELS.get(cfg.model.name)(cfg.model, DataSpec(classes=[str(i) for i in range(classes)], image_size=32))
     net = net.to(memory_format=torch.channels_last)
+    cpu = torch.device("cpu")
+    dtype = runtime.amp_dtype(cfg.train, cpu)
     opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.01, momentum=0.85, nesterov=True)
     x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (batch,))
+    y = torch.randint(0, classes, (batch,))
 
     def step():
-        loss = nn.functional.cross_entropy(net(x), y, label_smoothing=0.2)
+        with runtime.autocast(cpu, dtype):
+            loss = nn.functional.cross_entropy(net(x).float(), y, label_smoothing=0.2)
         opt.zero_grad()
         loss.backward()
         opt.step()
 
     for _ in range(2):  # oneDNN builds its kernels on the first calls
         step()
-    with tprofile(activities=[ProfilerActivity.CPU]) as prof:
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    img_s = batch * steps / (time.perf_counter() - t)  # unprofiled: the profiler adds its own overhead
+    with tprofile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(steps):
             step()
     ev = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in ev)
-    conv = sum(e.self_cpu_time_total for e in ev if "convolution" in e.key)
-    head = (f"{runtime.cpu_model()}, {torch.get_num_threads()} threads, fp32, batch {batch}, {steps} steps: "
-            f"convolution (forward + backward) {100 * conv / total:.1f} % of the CPU time, the rest "
-            f"{100 - 100 * conv / total:.1f} %\n\n")
-    text = head + ev.table(sort_by="self_cpu_time_total", row_limit=15)
+    fwd = sum(e.self_cpu_time_total for e in ev if e.key == "aten::mkldnn_convolution")
+    bwd = sum(e.self_cpu_time_total for e in ev if e.key == "aten::convolution_backward")
+    head = (f"python bench/cifar_fast.py --profile --profile-study {study} --preset {preset} --variant {variant}\n"
+            f"{runtime.cpu_model()} ({' '.join(runtime.cpu_flags())}), {torch.get_num_threads()} threads, "
+            f"{'fp32' if dtype is None else str(dtype).replace('torch.', '') + ' autocast'}, model {cfg.model.name} "
+            f"{getattr(cfg.model, 'widths', '')}, {classes} classes, batch {batch}, {steps} steps, "
+            f"{img_s:.0f} img/s unprofiled (an SGD step; the study's own optimiser is not profiled): convolution forward {100 * fwd / total:.1f} % and backward "
+            f"{100 * bwd / total:.1f} % of the CPU time (backward / forward {bwd / max(fwd, 1):.2f}), the rest "
+            f"{100 - 100 * (fwd + bwd) / total:.1f} %\n\n")
+    shapes = prof.key_averages(group_by_input_shape=True)
+    convs = [e for e in shapes if e.key in ("aten::mkldnn_convolution", "aten::convolution_backward")]
+    per = "\n".join(f"{e.key:<28} {e.self_cpu_time_total / 1e3 / steps:8.1f} ms/step  inputs {e.input_shapes[:3]}"
+                     for e in sorted(convs, key=lambda e: -e.self_cpu_time_total))
+    text = (head + ev.table(sort_by="self_cpu_time_total", row_limit=15)
+            + "\n\nPer convolution shape (self CPU time per step; inputs: grad/input, weight...):\n" + per)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text + "\n")
     return text
@@ -281,11 +304,15 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="results JSON (default bench/results/cifar_fast.json)")
     ap.add_argument("--smoke", action="store_true", help="2,048 training images, 1 epoch each: checks the plumbing")
     ap.add_argument("--profile", action="store_true", help="only profile a training step of our network "
-                    "(writes bench/results/cifar_fast_profile.txt)")
+                    "(writes bench/results/cifar_fast_profile.txt, or --out) in the precision our runs pick here")
+    ap.add_argument("--profile-study", default="cifar10-fast", help="with --profile: the study whose --variant "
+                    "network to profile (default cifar10-fast; with --variant recipe when the variant is muon_fast)")
     a = ap.parse_args()
     load_plugins()
     if a.profile:
-        print(profile(HERE / "results" / "cifar_fast_profile.txt"))
+        variant = "recipe" if a.variant == "muon_fast" and a.profile_study == "cifar10-fast" else a.variant
+        print(profile(Path(a.out) if a.out else HERE / "results" / "cifar_fast_profile.txt", a.profile_study,
+                      a.preset if a.profile_study == "cifar10-fast" else "full", variant))
         return
     smoke = a.smoke
     out_path = Path(a.out) if a.out else (Path(tempfile.mkdtemp(prefix="cifar_fast_")) / "cifar_fast.json" if smoke

@@ -4,6 +4,7 @@ flips alternate; progressive resizing trains small then full; Lookahead and Muon
 step and Newton-Schulz follow their formulas; the optimiser's norm lr scale and the triangle schedule do what
 they say; bad combinations are refused at load."""
 import math
+import re
 
 import pytest
 import torch
@@ -319,3 +320,29 @@ def test_muon_step_by_hand():
     # Nesterov SGD with L2 decay: d = g + wd p; buf = d; step = d + m buf
     d = gh + 0.01 * before["head"]
     assert torch.allclose(head.detach(), before["head"] - 0.5 * (d + 0.85 * d), atol=1e-6)
+
+
+def test_bench_profile_splits_convolution_time_by_direction_and_shape(tmp_path):
+    """bench/cifar_fast.py --profile: the header's forward/backward split and one line per convolution shape,
+    for a study other than cifar10-fast (its smoke network, a 4-image batch)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "bench" / "cifar_fast.py"
+    spec = importlib.util.spec_from_file_location("bench_cifar_fast", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "profile.txt"
+    text = bench.profile(out, "cifar100-fast", "smoke", "budget30_bf16_muon", batch=4, steps=1)
+    assert out.read_text().strip() == text.strip()
+    head = text.splitlines()[1]
+    assert "100 classes, batch 4" in head and "(8, 16, 16)" in head  # the smoke preset's widths
+    assert re.search(r"convolution forward [\d.]+ % and backward [\d.]+ %", head)
+    per = text.split("Per convolution shape")[1].splitlines()[1:]
+    # the smoke airnet's 7 convolutions (whitening + 2 per group, each group's second after a 2x pooling) have 6
+    # distinct (input, weight) shapes: the second group's second and the third group's first both map 16 channels
+    # at 7 x 7 to 16; each shape once forward and once backward
+    per = [ln for ln in per if ln]
+    assert sum(ln.startswith("aten::mkldnn_convolution") for ln in per) == 6
+    assert sum(ln.startswith("aten::convolution_backward") for ln in per) == 6
+    assert all("ms/step" in ln for ln in per)
