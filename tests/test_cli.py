@@ -451,6 +451,27 @@ def test_the_studys_comparisons_table(tmp_path):
     assert f"| ce | sce | -3.50 | 3 vs 3 | significant, p={p:.2g} |  |  |" in md
 
 
+def test_a_loss_metric_is_printed_to_the_thousandth(tmp_path):
+    """A loss (~1.4 nats) is argued about in thousandths: the results table prints 3 decimals, so a miss of
+    0.0006 reads -0.001, not -0.00, and a seed spread of 0.00002 reads ± 0.000 (accuracies keep 2)."""
+    from ablations.config import make
+    from ablations.report.render import write_report
+
+    losses = {"wd": [1.4107], "ema": [1.40060, 1.40057]}
+    for variant, vals in losses.items():
+        for seed, v in enumerate(vals):
+            d = tmp_path / "s" / variant / f"seed{seed}"
+            d.mkdir(parents=True)
+            cfg = make(study="fake", variant=variant, seed=seed).to_dict()
+            cfg.update(metric="last10_loss", goal="min", target=1.4)
+            (d / rt.CONFIG).write_text(json.dumps(cfg))
+            (d / rt.RESULT).write_text(json.dumps({"last10_loss": v, "epochs": 16, "wall_time": 10}))
+    rt.write_study_record(tmp_path / "s", {"variants": list(losses)})
+    md = write_report(tmp_path / "s").read_text()
+    assert "| wd | 1.4 | 1.411 | 1 | -0.011 ✗ | reference |" in md
+    assert "| ema | 1.4 | 1.401 ± 0.000 | 2 | -0.001 ✗ | +0.010 (untested (n=1)) |" in md
+
+
 @pytest.mark.parametrize("compare,words", [
     ("compare: [{variant: plain, vs: reglar}]", "compare[0].vs: 'reglar' is not a variant (did you mean 'regular'?)"),
     ("compare: [{variant: plain}]", "compare[0]: needs the keys variant and vs"),

@@ -325,13 +325,7 @@ def test_muon_step_by_hand():
 def test_bench_profile_splits_convolution_time_by_direction_and_shape(tmp_path):
     """bench/cifar_fast.py --profile: the header's forward/backward split and one line per convolution shape,
     for a study other than cifar10-fast (its smoke network, a 4-image batch)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).parents[1] / "bench" / "cifar_fast.py"
-    spec = importlib.util.spec_from_file_location("bench_cifar_fast", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench_module("cifar_fast")
     out = tmp_path / "profile.txt"
     text = bench.profile(out, "cifar100-fast", "smoke", "budget30_bf16_muon", batch=4, steps=1)
     assert out.read_text().strip() == text.strip()
@@ -346,3 +340,27 @@ def test_bench_profile_splits_convolution_time_by_direction_and_shape(tmp_path):
     assert sum(ln.startswith("aten::mkldnn_convolution") for ln in per) == 6
     assert sum(ln.startswith("aten::convolution_backward") for ln in per) == 6
     assert all("ms/step" in ln for ln in per)
+
+
+def _bench_module(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).parents[1] / "bench" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("h", [1, 3, 5])
+def test_bench_weight_gradient_formulations_equal_autograd(h):
+    """bench/conv_wgrad.py's two alternative weight gradients (im2col matrix product, batch/channel-swapped
+    convolution) are the gradient autograd computes for a padded 3 x 3 convolution, in fp32."""
+    bench = _bench_module("conv_wgrad")
+    g = torch.Generator().manual_seed(h)
+    x = torch.randn(3, 5, h, h, generator=g).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(7, 5, 3, 3, generator=g, requires_grad=True)
+    go = torch.randn(3, 7, h, h, generator=g).contiguous(memory_format=torch.channels_last)
+    F.conv2d(x, w, padding=1).backward(go)
+    for f in (bench.wgrad_im2col, bench.wgrad_swapped):
+        torch.testing.assert_close(f(x, go), w.grad, rtol=1e-5, atol=1e-5)

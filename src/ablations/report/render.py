@@ -83,9 +83,17 @@ def fmt_values(values: list[float], digits: int = 2) -> str:
     return fmt_ms(*mean_std(values), len(values), digits)
 
 
+def metric_digits(metric: str) -> int:
+    """Decimals a study's metric is printed with: accuracies (in %) to 0.01 points; losses and the like (nats
+    or bits per token, ~1-5) to 0.001, where the differences that studies argue about are a few thousandths
+    (textgen-shakespeare's goal of 1.40 was missed by 0.0006, which two decimals print as "-0.00")."""
+    return 2 if "acc" in metric else 3
+
+
 def results_table(runs: list[Run]) -> str:
     metric = runs[0].config.get("metric", "test_acc")
     goal = runs[0].config.get("goal", "max")
+    d = metric_digits(metric)
     order = _variant_order(runs)
     head = ("| variant | target | " + metric + " (mean ± std) | seeds | vs target | vs " + order[0] +
             " | best epoch | epochs | wall time / run | device |")
@@ -102,15 +110,15 @@ def results_table(runs: list[Run]) -> str:
             diff = m - target if goal == "max" else target - m  # positive = better than target
             # "within 2" is the course's tolerance in accuracy points; a loss gets no tolerance
             near = " (within 2)" if goal == "max" and metric.endswith("acc") and diff >= -2 else " ✗"
-            gap = f"{'+' if diff >= 0 else ''}{diff:.2f}" + (" ✓" if diff >= 0 else near)
+            gap = f"{'+' if diff >= 0 else ''}{diff:.{d}f}" + (" ✓" if diff >= 0 else near)
         best = ", ".join(str(r.result.get("best_epoch") or "—") for r in done)
         cmp = _compare(runs, order[0], v, metric, goal)
-        vs_ref = "reference" if v == order[0] else _fmt_compare(cmp)
+        vs_ref = "reference" if v == order[0] else _fmt_compare(cmp, d)
         epochs = ", ".join(str(r.result.get("epochs", "")) for r in done)
         wall = mean_std([r.wall_time for r in done])[0] if done else float("nan")
         dev = done[0].result.get("device", "") + "/" + done[0].result.get("precision", "") if done else ""
         missing = f" ({len(rs) - len(done)} unfinished)" if len(done) < len(rs) else ""
-        lines.append(f"| {v} | {'' if target is None else f'{target:g}'} | {fmt_ms(m, s, len(vals))}{missing} "
+        lines.append(f"| {v} | {'' if target is None else f'{target:g}'} | {fmt_ms(m, s, len(vals), d)}{missing} "
                      f"| {len(vals)} | {gap} | {vs_ref} | {best} | {epochs} | {_dur(wall)} | {dev} |")
     return "\n".join(lines)
 
@@ -126,6 +134,7 @@ def comparisons_table(runs: list[Run], compare: list[dict]) -> str:
 
     metric, goal = runs[0].config.get("metric", "test_acc"), runs[0].config.get("goal", "max")
     sign = 1.0 if goal == "max" else -1.0
+    d = metric_digits(metric)
     lines = ["### The study's comparisons", "",
              "Goal column: `>= +x` an improvement of at least x points, met only when the difference exceeds x "
              "beyond the seed spread (Welch's t-test against the reference shifted by x); `no worse than -x` a "
@@ -141,13 +150,13 @@ def comparisons_table(runs: list[Run], compare: list[dict]) -> str:
             diff, verdict, met = "n/a (no finished runs)", "", ""
         else:
             p = "" if cmp["p"] is None else f", p={cmp['p']:.2g}"
-            diff, verdict = f"{cmp['diff']:+.2f}", cmp["verdict"] + p
+            diff, verdict = f"{cmp['diff']:+.{d}f}", cmp["verdict"] + p
             if need is None:
                 met = ""
             elif cmp["verdict"].startswith("untested"):
                 met = "untested (n=1)"
             elif cmp["diff"] < need:
-                met = f"no (short by {need - cmp['diff']:.2f})"
+                met = f"no (short by {need - cmp['diff']:.{d}f})"
             elif need > 0:
                 beyond = _verdict([x + sign * need for x in a], b)[0] == "significant"
                 met = "yes" if beyond else "reached, not beyond the seed spread"
@@ -159,11 +168,11 @@ def comparisons_table(runs: list[Run], compare: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _fmt_compare(cmp: dict | None) -> str:
+def _fmt_compare(cmp: dict | None, digits: int = 2) -> str:
     if not cmp:
         return ""
     p = "" if cmp["p"] is None else f", p={cmp['p']:.2g}"
-    return f"{cmp['diff']:+.2f} ({cmp['verdict']}{p})"
+    return f"{cmp['diff']:+.{digits}f} ({cmp['verdict']}{p})"
 
 
 def _values(runs: list[Run], variant: str, metric: str) -> list[float]:
