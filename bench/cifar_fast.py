@@ -245,9 +245,10 @@ def profile(out: Path, study: str = "cifar10-fast", preset: str = "headline", va
     from torch.profiler import profile as tprofile
 
     from ablations.data.base import DataSpec
+    from ablations.data.images import CIFAR10, CIFAR100
 
     cfg = get_study(study).resolve(preset, [variant], sets={"train.device": "cpu"})[0]
-    classes = 100 if cfg.data.name == "cifar100" else 10
+    classes = {s.name: s.n_classes for s in (CIFAR10, CIFAR100)}[cfg.data.name]
     net = MODELS.get(cfg.model.name)(cfg.model, DataSpec(classes=[str(i) for i in range(classes)], image_size=32))
     net = net.to(memory_format=torch.channels_last)
     cpu = torch.device("cpu")
@@ -296,9 +297,10 @@ def profile(out: Path, study: str = "cifar10-fast", preset: str = "headline", va
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--variant", default="muon_fast", help="our cifar10-fast variant (default: muon_fast; the "
-                    "AVX2 result file was made with low_res, the default before muon_fast)")
-    ap.add_argument("--preset", default="headline")
+    ap.add_argument("--variant", default=None, help="our cifar10-fast variant (default: muon_fast; the "
+                    "AVX2 result file was made with low_res, the default before muon_fast; with --profile: recipe)")
+    ap.add_argument("--preset", default=None, help="default: headline (with --profile: the study's headline "
+                    "preset if it has one, else full)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", choices=["ours", "peer"], help="one side only (the goal needs both in one run)")
     ap.add_argument("--out", default=None, help="results JSON (default bench/results/cifar_fast.json)")
@@ -306,14 +308,15 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="only profile a training step of our network "
                     "(writes bench/results/cifar_fast_profile.txt, or --out) in the precision our runs pick here")
     ap.add_argument("--profile-study", default="cifar10-fast", help="with --profile: the study whose --variant "
-                    "network to profile (default cifar10-fast; with --variant recipe when the variant is muon_fast)")
+                    "network to profile (default cifar10-fast)")
     a = ap.parse_args()
     load_plugins()
     if a.profile:
-        variant = "recipe" if a.variant == "muon_fast" and a.profile_study == "cifar10-fast" else a.variant
+        preset = a.preset or ("headline" if "headline" in get_study(a.profile_study).presets else "full")
         print(profile(Path(a.out) if a.out else HERE / "results" / "cifar_fast_profile.txt", a.profile_study,
-                      a.preset if a.profile_study == "cifar10-fast" else "full", variant))
+                      preset, a.variant or "recipe"))
         return
+    a.preset, a.variant = a.preset or "headline", a.variant or "muon_fast"
     smoke = a.smoke
     out_path = Path(a.out) if a.out else (Path(tempfile.mkdtemp(prefix="cifar_fast_")) / "cifar_fast.json" if smoke
                                           else HERE / "results" / "cifar_fast.json")

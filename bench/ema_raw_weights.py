@@ -24,9 +24,14 @@ SPLITS = ("val", "test", "last10")
 
 def score(run_dir: Path) -> dict[str, dict[str, float]]:
     """{"average": {split: nats/char}, "raw": {...}} for one finished language-model run with train.ema."""
+    if not (run_dir / rd.FINAL).exists():  # load_run would fall back to the checkpoint's raw weights
+        raise SystemExit(f"{run_dir}: no {rd.FINAL} (unfinished?): nothing averaged to compare")
     model, _, cfg = load_run(run_dir)  # final.safetensors: the average
     if not cfg.train.ema:
         raise SystemExit(f"{run_dir}: trained without train.ema: its final weights are its last weights")
+    if cfg.train.keep != "last":  # final.safetensors is then the best epoch's average, not the last one
+        raise SystemExit(f"{run_dir}: train.keep={cfg.train.keep}: its exported average is not the last weights' "
+                         "partner")
     data = DATASETS.get(cfg.data.name)(cfg.data)  # the run's own splits and vocabulary, rebuilt from its config
     cpt, cpu = data.chars_per_token, torch.device("cpu")
     out = {}

@@ -24,6 +24,20 @@ def shared_datasets() -> Path:
 
 
 @pytest.fixture
+def bench_script():
+    """Import a bench/ script as a module by its file name (bench/ is scripts, not a package): bench_script("x")."""
+    import importlib.util
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).parents[1] / "bench" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load
+
+
+@pytest.fixture
 def tiny_study(tmp_path: Path) -> Path:
     """A study file on the synthetic dataset: two variants, seconds to run."""
     p = tmp_path / "tiny.yaml"

@@ -95,20 +95,16 @@ def test_ema_out_of_range_is_refused(value, tmp_path):
         cfg("supervised", tmp_path, **{"train.ema": value})
 
 
-def test_bench_scores_the_average_as_the_run_did_and_the_raw_weights_beside_it(tmp_path):
-    """bench/ema_raw_weights.py: the average's last-10 % loss is the run's own reported number (same fp32
-    evaluation, same splits rebuilt from the run's config); the raw weights are scored beside it."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location(
-        "bench_ema_raw", Path(__file__).parents[1] / "bench" / "ema_raw_weights.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    res = loop.run(cfg("language_model", tmp_path, **{"train.ema": 0.9}), tmp_path / "r")
+def test_bench_scores_the_average_as_the_run_did_and_the_raw_weights_beside_it(tmp_path, bench_script):
+    """bench/ema_raw_weights.py: both sets of weights reproduce the run's own numbers (same fp32 evaluation,
+    same splits rebuilt from the run's config): the average its test and last-10 % losses, the raw weights
+    the raw validation loss the loop records (fp32 training, so the loop's validation is fp32 too)."""
+    bench = bench_script("ema_raw_weights")
+    res = loop.run(cfg("language_model", tmp_path, **{"train.ema": 0.9, "train.precision": "fp32"}), tmp_path / "r")
     s = bench.score(tmp_path / "r")
     assert s["average"]["last10"] == res["last10_loss"] and s["average"]["test"] == res["test_loss"]
+    assert s["raw"]["val"] == pytest.approx(res["raw_val_loss"], rel=1e-6)
     assert s["raw"]["last10"] != s["average"]["last10"]  # other weights (decay 0.9 over a few steps)
+    loop.run(cfg("language_model", tmp_path), tmp_path / "plain")
     with pytest.raises(SystemExit, match="without train.ema"):
-        loop.run(cfg("language_model", tmp_path), tmp_path / "plain")
         bench.score(tmp_path / "plain")

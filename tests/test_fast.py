@@ -322,10 +322,10 @@ def test_muon_step_by_hand():
     assert torch.allclose(head.detach(), before["head"] - 0.5 * (d + 0.85 * d), atol=1e-6)
 
 
-def test_bench_profile_splits_convolution_time_by_direction_and_shape(tmp_path):
+def test_bench_profile_splits_convolution_time_by_direction_and_shape(tmp_path, bench_script):
     """bench/cifar_fast.py --profile: the header's forward/backward split and one line per convolution shape,
     for a study other than cifar10-fast (its smoke network, a 4-image batch)."""
-    bench = _bench_module("cifar_fast")
+    bench = bench_script("cifar_fast")
     out = tmp_path / "profile.txt"
     text = bench.profile(out, "cifar100-fast", "smoke", "budget30_bf16_muon", batch=4, steps=1)
     assert out.read_text().strip() == text.strip()
@@ -342,21 +342,11 @@ def test_bench_profile_splits_convolution_time_by_direction_and_shape(tmp_path):
     assert all("ms/step" in ln for ln in per)
 
 
-def _bench_module(name: str):
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).parents[1] / "bench" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.mark.parametrize("h", [1, 3, 5])
-def test_bench_weight_gradient_formulations_equal_autograd(h):
+def test_bench_weight_gradient_formulations_equal_autograd(h, bench_script):
     """bench/conv_wgrad.py's two alternative weight gradients (im2col matrix product, batch/channel-swapped
     convolution) are the gradient autograd computes for a padded 3 x 3 convolution, in fp32."""
-    bench = _bench_module("conv_wgrad")
+    bench = bench_script("conv_wgrad")
     g = torch.Generator().manual_seed(h)
     x = torch.randn(3, 5, h, h, generator=g).contiguous(memory_format=torch.channels_last)
     w = torch.randn(7, 5, 3, 3, generator=g, requires_grad=True)
@@ -364,3 +354,17 @@ def test_bench_weight_gradient_formulations_equal_autograd(h):
     F.conv2d(x, w, padding=1).backward(go)
     for f in (bench.wgrad_im2col, bench.wgrad_swapped):
         torch.testing.assert_close(f(x, go), w.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_bench_profile_cli_takes_the_studys_preset_and_variant(tmp_path, bench_script, monkeypatch):
+    """--profile-study with --preset: the preset is used (not replaced by full), and the header's command
+    names what was profiled; without --variant, recipe."""
+    bench = bench_script("cifar_fast")
+    out = tmp_path / "p.txt"
+    monkeypatch.setattr("sys.argv", ["cifar_fast.py", "--profile", "--profile-study", "cifar100-fast", "--preset",
+                                     "smoke", "--out", str(out)])
+    bench.main()
+    head = out.read_text().splitlines()[:2]
+    assert head[0] == ("python bench/cifar_fast.py --profile --profile-study cifar100-fast --preset smoke "
+                       "--variant recipe")
+    assert "(8, 16, 16)" in head[1] and "100 classes, batch 512" in head[1]  # smoke widths, main's batch

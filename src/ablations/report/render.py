@@ -83,11 +83,16 @@ def fmt_values(values: list[float], digits: int = 2) -> str:
     return fmt_ms(*mean_std(values), len(values), digits)
 
 
+def is_accuracy(metric: str) -> bool:
+    """An accuracy in % (test_acc, test_acc_mirror, ...): printed to 0.01 points, with the course's tolerance."""
+    return "_acc" in metric or metric.startswith("acc")
+
+
 def metric_digits(metric: str) -> int:
     """Decimals a study's metric is printed with: accuracies (in %) to 0.01 points; losses and the like (nats
     or bits per token, ~1-5) to 0.001, where the differences that studies argue about are a few thousandths
     (textgen-shakespeare's goal of 1.40 was missed by 0.0006, which two decimals print as "-0.00")."""
-    return 2 if "acc" in metric else 3
+    return 2 if is_accuracy(metric) else 3
 
 
 def results_table(runs: list[Run]) -> str:
@@ -109,7 +114,7 @@ def results_table(runs: list[Run]) -> str:
         else:
             diff = m - target if goal == "max" else target - m  # positive = better than target
             # "within 2" is the course's tolerance in accuracy points; a loss gets no tolerance
-            near = " (within 2)" if goal == "max" and metric.endswith("acc") and diff >= -2 else " ✗"
+            near = " (within 2)" if goal == "max" and is_accuracy(metric) and diff >= -2 else " ✗"
             gap = f"{'+' if diff >= 0 else ''}{diff:.{d}f}" + (" ✓" if diff >= 0 else near)
         best = ", ".join(str(r.result.get("best_epoch") or "—") for r in done)
         cmp = _compare(runs, order[0], v, metric, goal)
