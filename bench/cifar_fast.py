@@ -279,7 +279,7 @@ def profile(out: Path, study: str = "cifar10-fast", preset: str = "headline", va
     bwd = sum(e.self_cpu_time_total for e in ev if e.key == "aten::convolution_backward")
     head = (f"python bench/cifar_fast.py --profile --profile-study {study} --preset {preset} --variant {variant}\n"
             f"{runtime.cpu_model()} ({' '.join(runtime.cpu_flags())}), {torch.get_num_threads()} threads, "
-            f"{'fp32' if dtype is None else str(dtype).replace('torch.', '') + ' autocast'}, model {cfg.model.name} "
+            f"{runtime.precision_name(dtype)}{'' if dtype is None else ' autocast'}, model {cfg.model.name} "
             f"{getattr(cfg.model, 'widths', '')}, {classes} classes, batch {batch}, {steps} steps, "
             f"{img_s:.0f} img/s unprofiled (an SGD step; the study's own optimiser is not profiled): convolution forward {100 * fwd / total:.1f} % and backward "
             f"{100 * bwd / total:.1f} % of the CPU time (backward / forward {bwd / max(fwd, 1):.2f}), the rest "

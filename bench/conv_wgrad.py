@@ -83,7 +83,7 @@ def main() -> None:
         rows.append((f"{C}->{Co} at {H}x{H}", gflop, t, err))
     head = (f"`python bench/conv_wgrad.py{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}` on {runtime.cpu_model()} "
             f"({' '.join(runtime.cpu_flags())}), {torch.get_num_threads()} threads, torch {torch.__version__}, "
-            f"{str(dtype).replace('torch.', '')}, batch {a.batch or 512}, channels_last, "
+            f"{runtime.precision_name(dtype)}, batch {a.batch or 512}, channels_last, "
             f"{time.strftime('%Y-%m-%d %H:%M')}. ms per call (median of {a.repeats}) and GFLOP/s; the "
             "alternatives' largest deviation from the native weight gradient, relative to its largest entry, "
             "in brackets.\n\n")

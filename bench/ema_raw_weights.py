@@ -16,11 +16,8 @@ import torch
 
 from ablations import rundir as rd
 from ablations.generate import load_run
-from ablations.methods.language_model import evaluate
+from ablations.methods.language_model import REPORTED_SPLITS, reported_losses
 from ablations.registry import DATASETS, load_plugins
-
-SPLITS = ("val", "test", "last10")
-
 
 def score(run_dir: Path) -> dict[str, dict[str, float]]:
     """{"average": {split: nats/char}, "raw": {...}} for one finished language-model run with train.ema."""
@@ -33,12 +30,11 @@ def score(run_dir: Path) -> dict[str, dict[str, float]]:
         raise SystemExit(f"{run_dir}: train.keep={cfg.train.keep}: its exported average is not the last weights' "
                          "partner")
     data = DATASETS.get(cfg.data.name)(cfg.data)  # the run's own splits and vocabulary, rebuilt from its config
-    cpt, cpu = data.chars_per_token, torch.device("cpu")
     out = {}
     for name, state in (("average", None), ("raw", rd.load_checkpoint(run_dir / rd.CHECKPOINT)["model"])):
         if state is not None:
             model.load_state_dict(state)
-        out[name] = {k: evaluate(model, getattr(data, k), cpu, None) / cpt[k] for k in SPLITS}
+        out[name] = reported_losses(model, data, torch.device("cpu"))
     return out
 
 
@@ -50,13 +46,13 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     load_plugins()
     print(f"`python bench/ema_raw_weights.py {' '.join(sys.argv[1:])}`: nats per character, fp32\n")
-    print("| run | weights | " + " | ".join(SPLITS) + " |\n|---|---|" + "---|" * len(SPLITS))
+    print("| run | weights | " + " | ".join(REPORTED_SPLITS) + " |\n|---|---|" + "---|" * len(REPORTED_SPLITS))
     for run in a.runs:
         s = score(run)
         for w in ("average", "raw"):
-            print(f"| {run} | {w} | " + " | ".join(f"{s[w][k]:.5f}" for k in SPLITS) + " |")
+            print(f"| {run} | {w} | " + " | ".join(f"{s[w][k]:.5f}" for k in REPORTED_SPLITS) + " |")
         print(f"| {run} | gain of the average | " + " | ".join(f"{s['raw'][k] - s['average'][k]:+.5f}"
-                                                                for k in SPLITS) + " |")
+                                                                for k in REPORTED_SPLITS) + " |")
 
 
 if __name__ == "__main__":

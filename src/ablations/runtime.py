@@ -33,7 +33,12 @@ class Runtime:
 
     @property
     def precision(self) -> str:
-        return str(self.dtype).replace("torch.", "") if self.dtype else "fp32"
+        return precision_name(self.dtype)
+
+
+def precision_name(dtype: Optional[torch.dtype]) -> str:
+    """How run records and bench files name an autocast dtype: "bfloat16", "float16", or "fp32" for None."""
+    return str(dtype).replace("torch.", "") if dtype else "fp32"
 
 
 # ---------------------------------------------------------------- device, precision, seeds
@@ -185,7 +190,7 @@ def environment(rt: Runtime) -> dict:
         "torch_threads": torch.get_num_threads(),
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine(),
-        "precision": str(dtype).replace("torch.", "") if dtype else "fp32",
+        "precision": precision_name(dtype),
         "channels_last": channels_last,
         "hostname": platform.node(),
         # one run over several processes (distributed.py): how many, and how they talk

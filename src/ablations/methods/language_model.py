@@ -64,6 +64,16 @@ def evaluate(model, data: torch.Tensor, device, dtype) -> float:
     return total / n
 
 
+REPORTED_SPLITS = ("val", "test", "last10")  # what a finished run reports (train.eval_test; else val only)
+
+
+def reported_losses(model, data: TextData, device, splits=REPORTED_SPLITS) -> dict[str, float]:
+    """The numbers a run reports: nats per character of each split, the model evaluated in fp32 (bf16 logits
+    shift losses by ~0.005); word-level losses are spread over the split's characters."""
+    cpt = data.chars_per_token
+    return {k: evaluate(model, getattr(data, k), device, None) / cpt[k] for k in splits}
+
+
 def decode_grid(model, data: TextData, sampling: dict, dictionary: Dictionary, code: bool = False) -> list[dict]:
     """Samples and text metrics for each decoding setting of the grid (the report's sampling table);
     code: also the share of generated lines / blocks that parse as Python (textmetrics.code_metrics)."""
@@ -247,9 +257,7 @@ class LanguageModel(Method):
 
     def finish(self, result: dict) -> dict:
         data, tc = self.data, self.cfg.train
-        # the reported numbers: the final model, evaluated in fp32 (bf16 logits shift losses by ~0.005)
-        losses = {k: evaluate(self.model, getattr(data, k), self.rt.device, None) / self.cpt[k]
-                  for k in (("val", "test", "last10") if tc.eval_test else ("val",))}
+        losses = reported_losses(self.model, data, self.rt.device, REPORTED_SPLITS if tc.eval_test else ("val",))
         out = {"vocab_size": len(data.vocab), "level": self.cfg.data.level, "data_source": data.source,
                "splits": data.splits}
         for k, v in losses.items():
