@@ -122,11 +122,8 @@ def _relaunch(args, nproc: int) -> int:
 
 def cmd_run(args) -> int:
     from . import distributed
-    from . import rundir as rd
-    from .executors import Planned
-    from .report.render import write_report
     from .runtime import select_device
-    from .study import get_study, ref_dirs, run_dir_for, study_dir_for
+    from .study import get_study
 
     study = get_study(args.study)
     cfgs = study.resolve(args.preset, args.variant, args.seeds, _parse_sets(args.set))
@@ -137,6 +134,23 @@ def cmd_run(args) -> int:
     if args.nproc > 1 and not distributed.launched():
         return _relaunch(args, args.nproc)
     main = distributed.init(select_device(cfgs[0].train).type).main
+    finished = False
+    try:
+        code = _run_plan(args, study, cfgs, main, execute, opts)
+        finished = True
+        return code
+    finally:
+        distributed.close(finished)
+
+
+def _run_plan(args, study, cfgs, main: bool, execute, opts) -> int:
+    """cmd_run's work in this process (one of a distributed run's, or the only one)."""
+    from . import distributed
+    from . import rundir as rd
+    from .executors import Planned
+    from .report.render import write_report
+    from .study import ref_dirs, run_dir_for, study_dir_for
+
     say = print if main else (lambda *a, **k: None)  # one process of a distributed run speaks
     out = Path(args.out)
     plan = []

@@ -195,6 +195,21 @@ def broadcast_module(module: torch.nn.Module) -> None:
                     t.copy_(buf)
 
 
+def close(finished: bool) -> None:
+    """Leave the process group before the process exits. Without it a process that returns first (rank 1
+    while rank 0 writes the report) can die at interpreter exit with gloo's "terminate called without an
+    active exception" (SIGABRT), and torchrun then kills the others: a run that finished exits non-zero.
+    `finished`: every process got here by the same path, so they meet at a barrier first (no process still
+    waits on a collective); after an error only this process's side is torn down."""
+    global _current
+    if not tdist.is_initialized():
+        return
+    if finished and _current.active:
+        tdist.barrier()
+    tdist.destroy_process_group()
+    _current = Dist()
+
+
 def agree(error: Optional[str]) -> None:
     """Rank 0's error (or None) on every process: all of them raise it together rather than leave the others
     waiting at the next collective."""
