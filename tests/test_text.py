@@ -18,6 +18,7 @@ from ablations.data.sources import DataError, DataNotFound
 from ablations.data.text import (UNK_CHAR, TextDataConfig, Vocab, batch_at, build_text_data, sample_offsets,
                                  split_points, tokenize)
 from ablations.errors import RunError
+from ablations.models.dropout import Dropout, dropout
 from ablations.models.rnn import RNNConfig
 from ablations.registry import DATASETS, MODELS
 from ablations.textmetrics import Dictionary, distinct, repetition, text_metrics, words
@@ -201,7 +202,7 @@ def test_weight_drop_is_one_dropconnect_mask_per_batch_on_the_recurrent_weights(
     out, _ = m(x)
     # the same masks, drawn in the same order (layer 0 first) from the same seed, written into a plain model
     torch.manual_seed(1)
-    masks = [(F.dropout(torch.ones_like(r.weight_hh_l0), p, training=True) > 0) for r in ref.rnns]
+    masks = [(dropout(torch.ones_like(r.weight_hh_l0), p) > 0) for r in ref.rnns]
     with torch.no_grad():
         for r, keep in zip(ref.rnns, masks):
             r.weight_hh_l0.mul_(keep / (1 - p))
@@ -353,3 +354,52 @@ def test_glove_initialises_word_embeddings(corpus, tmp_path):
     assert not glove_vectors(["\n", "   "])[1].any()
     with pytest.raises(ConfigError, match="data.level=word"):  # checked at config time now
         lm_config(corpus, **{"method.embed_init": "glove"})
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.5])
+def test_cpu_dropout_keeps_1_minus_p_and_scales_as_nn_dropout(p, dtype):
+    """models/dropout.py draws its CPU mask differently from nn.Dropout; what it computes must not differ:
+    each element kept with probability 1 - p, kept ones scaled by 1 / (1 - p) with one rounding in x's
+    dtype (in fp32 bit for bit torch's; torch's bf16 kernel rounds twice), the gradient the same mask,
+    evaluation the identity, and the same mask from the same seed."""
+    n = 200_000
+    x = (torch.rand(n) + 0.5).to(dtype).requires_grad_()
+    torch.manual_seed(3)
+    y = dropout(x, p)
+    keep = y != 0
+    rate = keep.float().mean().item()
+    assert abs(rate - (1 - p)) < 4.5 * math.sqrt(p * (1 - p) / n)  # binomial: 4.5 standard errors
+    assert y.dtype == dtype
+    assert torch.equal(y[keep], (x.detach()[keep].float() * (1 / (1 - p))).to(dtype))  # x * scale, rounded once
+    if dtype == torch.float32:  # as torch's own (another mask); in bf16 torch rounds the scale to bf16 first
+        ref = F.dropout(x.detach(), p, training=True)
+        both = keep & (ref != 0)
+        assert both.sum() > n / 8 and torch.equal(y[both], ref[both])
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.where(keep, torch.tensor(1 / (1 - p)).to(dtype), torch.zeros((), dtype=dtype)))
+    torch.manual_seed(3)
+    assert torch.equal(dropout(x.detach(), p), y.detach())  # deterministic per seed
+    m = Dropout(p)
+    m.eval()
+    assert m(x) is x  # evaluation: untouched
+    m.train()
+    assert 0 < int((m(x) == 0).sum()) < n
+    assert torch.equal(Dropout(0.0).train()(x), x)
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru", "transformer"])
+def test_text_models_use_the_cpu_dropout_and_the_bench_swaps_every_one(name, bench_script):
+    """The text models train with models/dropout.py's Dropout; bench/dropout_speed.py compares them against
+    nn.Dropout by swapping every dropout module of the same model, and back."""
+    from torch import nn
+
+    entry = MODELS.entry(name)
+    m = entry.obj(entry.Config(name=name, dropout=0.2), DataSpec(vocab_size=10))
+    drops = [d for d in m.modules() if isinstance(d, nn.Dropout)]
+    assert drops and all(type(d) is Dropout and d.p == 0.2 for d in drops)
+    bench = bench_script("dropout_speed")
+    bench.swap_dropout(m, to_torch=True)
+    assert [type(d) for d in m.modules() if isinstance(d, nn.Dropout)] == [nn.Dropout] * len(drops)
+    bench.swap_dropout(m, to_torch=False)
+    assert [(type(d), d.p) for d in m.modules() if isinstance(d, nn.Dropout)] == [(Dropout, 0.2)] * len(drops)

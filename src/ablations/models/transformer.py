@@ -40,6 +40,7 @@ from torch import nn
 
 from ..config import FieldError, ModelConfig, opt
 from ..registry import MODELS
+from .dropout import Dropout
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class SelfAttention(nn.Module):
         self.heads, self.dropout = heads, dropout
         self.qkv = nn.Linear(width, 3 * width, bias=bias)  # queries, keys, values of every head at once
         self.proj = nn.Linear(width, width, bias=bias)  # residual projection
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         B, T, C = h.shape
@@ -83,7 +84,7 @@ class MLP(nn.Module):
         self.fc = nn.Linear(width, 4 * width, bias=bias)
         self.act = nn.GELU()
         self.proj = nn.Linear(4 * width, width, bias=bias)  # residual projection
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.drop(self.proj(self.act(self.fc(h))))
@@ -119,7 +120,7 @@ class TransformerLM(nn.Module):
         self.stride = max(1, block // 2)  # tokens predicted per window when the input is longer than `block`
         self.embed = nn.Embedding(vocab_size, width)  # token embedding, also the output head (tied)
         self.pos = nn.Embedding(block, width)  # learned absolute positions 0 .. block-1 within a window
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.blocks = nn.ModuleList(Block(width, heads, dropout, bias) for _ in range(layers))
         self.norm = nn.LayerNorm(width, bias=bias)  # final LayerNorm before the head
         self._init_weights()
