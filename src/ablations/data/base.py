@@ -43,6 +43,8 @@ class ImageDataConfig(DataConfig):
         "(higher = harder = kept first)")
     coreset_proxy: RunRef = opt(RunRef(""), "the variant whose scores.pt ranks the training pool (a run with "
                                 "method.score_examples); it runs first, same seed")
+    coreset_per_class: bool = opt(False, "keep the share within each class (the highest scores of each class) "
+                                  "rather than the highest scores overall, which keep more of the hard classes")
     aug: dict = opt(factory=dict, doc="augmentation pipelines by role, batched on the training device, e.g. "
                     "{train: [flip, {translate: 4}], strong: [randaugment]}; see `ablations list` for the names")
 

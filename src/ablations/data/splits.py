@@ -21,6 +21,7 @@ images.make_splits gave (tests/test_splits.py holds a copy of it and compares).
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
 
@@ -289,10 +290,19 @@ def _pct(r: float) -> str:
 
 
 def coreset_pool(pool: torch.Tensor, cfg: ImageDataConfig, seed: int, scores: Optional[dict],
-                 where: str = "") -> torch.Tensor:
+                 where: str = "", labels: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The kept round(coreset_keep * len(pool)) training indices of `pool` (sorted): at random (seeded), or
     those with the highest proxy score (ties broken at random, seeded). `scores`: the proxy's scores.pt ({"index": train-split
-    indices it scored, score name: values}); every pool example must have a score."""
+    indices it scored, score name: values}); every pool example must have a score. With coreset_per_class,
+    each class keeps round(coreset_keep * its count) of its own examples, chosen the same way (`labels`: the
+    train split's labels)."""
+    if cfg.coreset_per_class:
+        if labels is None:
+            raise ValueError("coreset_per_class needs the training labels")
+        y = labels[pool]
+        kept = [coreset_pool(pool[y == c], replace(cfg, coreset_per_class=False), seed, scores, where)
+                for c in y.unique().tolist()]
+        return torch.cat(kept).sort().values
     k = max(1, int(round(cfg.coreset_keep * len(pool))))
     if cfg.coreset_score == "random":
         return pool[_subsample(len(pool), k, _gen(seed, STREAM_CORESET))]
@@ -336,7 +346,7 @@ def make_splits(raw: RawData, cfg: ImageDataConfig, seed: int, scores: Optional[
     pool = pool[_subsample(n_pool, cfg.limit, _gen(seed, STREAM_LIMIT))]
     n_limited = len(pool)
     if cfg.coreset_keep < 1:  # of the limited pool: a proxy with the same limit scored exactly these
-        pool = coreset_pool(pool, cfg, seed, scores, scores_from)
+        pool = coreset_pool(pool, cfg, seed, scores, scores_from, labels=ty)
     n_kept = len(pool)
 
     # 4. labeled / unlabeled
@@ -390,6 +400,7 @@ def make_splits(raw: RawData, cfg: ImageDataConfig, seed: int, scores: Optional[
     if cfg.coreset_keep < 1:
         how = (f"at random (seed {seed})" if cfg.coreset_score == "random"
                else f"with the highest {cfg.coreset_score} score of the proxy run {cfg.coreset_proxy}")
+        how += ", that share of each class" if cfg.coreset_per_class else ""
         lim += f", a core-set: {n_kept} of those {n_limited} ({_pct(cfg.coreset_keep)}) {how}"
     lab = f", {labeled_how} labeled (seed {seed})" if labeled_how else ""
     noise = ""
