@@ -56,6 +56,33 @@ def test_scored_coreset_keeps_the_highest_scores_after_the_limit():
                     {"index": torch.tensor([999]), "el2n": torch.tensor([1.0])}, "runs/proxy")
 
 
+@pytest.mark.parametrize("score", ["el2n", "random"])
+def test_per_class_coreset_keeps_the_share_within_each_class(score):
+    """coreset_per_class: each class keeps round(keep * its count) of its own pool examples, the highest-scoring
+    ones of that class (or a seeded random share), while the overall ranking would favour the hard classes."""
+    raw = _raw(200)
+    y = raw.train_y
+    pool = make_splits(raw, _data(), 0).train_index  # 160 after the validation carve, 5 classes
+    score_all = torch.rand(200, generator=torch.Generator().manual_seed(3)) + (y == 0) * 10.0  # class 0: hardest
+    scores = {"index": pool, "el2n": score_all[pool]}
+    proxy = {"coreset_proxy": "proxy"} if score != "random" else {}
+    over = dict(coreset_keep=0.5, coreset_score=score, **proxy)
+    overall = make_splits(raw, _data(**over), 0, scores, "runs/proxy").train_index
+    per = make_splits(raw, _data(coreset_per_class=True, **over), 0, scores, "runs/proxy")
+    again = make_splits(raw, _data(coreset_per_class=True, **over), 0, scores, "runs/proxy")
+    assert torch.equal(per.train_index, again.train_index)  # seeded
+    for c in range(5):
+        in_c = pool[y[pool] == c]
+        kept_c = per.train_index[y[per.train_index] == c]
+        assert len(kept_c) == round(0.5 * len(in_c))
+        if score == "el2n":  # the class's own highest scores
+            want = in_c[score_all[in_c].argsort(descending=True)[:len(kept_c)]].sort().values
+            assert torch.equal(kept_c, want)
+    if score == "el2n":
+        assert bool((y[overall] == 0).sum() == (y[pool] == 0).sum())  # overall: every class-0 example kept
+        assert "that share of each class" in per.splits["train"]
+
+
 @pytest.mark.parametrize("over,words", [
     ({"coreset_keep": 0.0}, "data.coreset_keep"),
     ({"coreset_keep": 0.5}, "coreset_score=least_confidence ranks by a proxy run's scores"),

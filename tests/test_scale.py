@@ -248,3 +248,18 @@ def test_a_dead_hosts_lock_is_dropped_on_that_host(tmp_path):
     alive = {**seen, "pid": os.getpid()}
     (tmp_path / rd.LOCK).write_text(json.dumps(alive))
     assert _drop_lock_if_dead(str(tmp_path), alive) is None and (tmp_path / rd.LOCK).exists()
+
+
+def test_close_leaves_the_process_group_and_resets_the_current_process():
+    """distributed.close: the process group is destroyed (a process that exits while still in it can die in
+    gloo's teardown with SIGABRT, which made a finished 2-process run exit non-zero) and current() is the
+    single-process Dist again; without a group it does nothing."""
+    import torch.distributed as tdist
+
+    from ablations import distributed
+
+    distributed.close(True)  # no group: nothing to do
+    tdist.init_process_group("gloo", rank=0, world_size=1, store=tdist.HashStore())
+    assert tdist.is_initialized()
+    distributed.close(True)
+    assert not tdist.is_initialized() and distributed.current() == distributed.Dist()

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ablations import loop
 from ablations import rundir as rd
@@ -403,3 +405,19 @@ def test_text_models_use_the_cpu_dropout_and_the_bench_swaps_every_one(name, ben
     assert [type(d) for d in m.modules() if isinstance(d, nn.Dropout)] == [nn.Dropout] * len(drops)
     bench.swap_dropout(m, to_torch=False)
     assert [(type(d), d.p) for d in m.modules() if isinstance(d, nn.Dropout)] == [(Dropout, 0.2)] * len(drops)
+
+
+@settings(max_examples=30, deadline=None)
+@given(p=st.floats(0.01, 0.99), n=st.integers(1, 5000), seed=st.integers(0, 2 ** 31))
+def test_keep_mask_keeps_each_element_with_probability_1_minus_p(p, n, seed):
+    """keep_mask cuts 64-bit draws into two 32-bit halves: any length (odd ones too) gets its shape, and the
+    kept share is 1 - p within 5 binomial standard errors (plus the 2^-33 threshold rounding)."""
+    from ablations.models.dropout import keep_mask
+
+    torch.manual_seed(seed)
+    m = keep_mask(torch.Size([n, 3]), p, torch.device("cpu"))
+    assert m.shape == (n, 3) and m.dtype == torch.bool
+    k = 3 * n
+    assert abs(m.float().mean().item() - (1 - p)) <= 5 * math.sqrt(p * (1 - p) / k) + 1e-9
+    torch.manual_seed(seed)
+    assert torch.equal(keep_mask(torch.Size([n, 3]), p, torch.device("cpu")), m)

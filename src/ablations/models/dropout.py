@@ -2,11 +2,11 @@
 largest activations).
 
 torch's CPU dropout draws its mask with `bernoulli_`, which is slow: for the (64, 128, 512) activations of a
-3x512 LSTM step it took 42-48 ms per call, forward and backward together, against 19 ms for this module
-(2-core AMD EPYC with AVX512-BF16, 2 threads, torch 2.14.1, fp32 and bf16 alike; `python bench/dropout_speed.py`).
-Three such calls are several % of that LSTM's training step on that CPU, more on a CPU whose matrix units make
-the rest faster (the bench measures the step). Here the mask is `torch.rand(...) >= p`: each element kept with
-probability 1 - p (to float32's 2^-24 resolution), kept elements scaled by 1 / (1 - p) with one rounding (in
+3x512 LSTM step it took 45 ms per bf16 call, forward and backward together, against 14 ms for this module
+(2-core AMD EPYC with AVX512-BF16, 2 threads, torch 2.14.1; fp32 52 vs 18 ms; `python bench/dropout_speed.py`).
+Three such calls are about 8 % of that LSTM's training step on that CPU (the bench measured 1.05-1.18x faster
+steps; the machine's own speed drifted), more on a CPU whose matrix units make the rest faster. Here the mask compares 32 random bits per element with a
+threshold (keep_mask): each element kept with probability 1 - p (to 2^-33), kept elements scaled by 1 / (1 - p) with one rounding (in
 fp32 bit for bit nn.Dropout's result; in bf16 nn.Dropout rounds the scale to bf16 first, this does not); a
 different random stream than nn.Dropout's, equally seeded by torch's generator, so runs stay deterministic and
 resumable (the checkpoint holds the generator's state).
@@ -15,19 +15,31 @@ On other devices (CUDA: fused kernel) and in evaluation it is nn.Dropout itself.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+
+def keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
+    """A bool tensor of `shape`, each element True with probability 1 - p, independently: 32 random bits per
+    element compared with a threshold, so P(keep) = 1 - round(p * 2^32) / 2^32 (off by at most 2^-33). The bits
+    come from torch's generator as 64-bit draws cut in two: one draw per two elements, which makes the mask
+    about 1.6x faster to draw than one float32 uniform per element (`torch.rand`)."""
+    n = math.prod(shape)
+    bits = torch.empty((n + 1) // 2, dtype=torch.int64, device=device).random_(-2 ** 63, None)  # uniform 64 bits
+    threshold = round(p * 2 ** 32) - 2 ** 31  # int32 bits >= threshold: 2^31 - threshold of the 2^32 values
+    return (bits.view(torch.int32)[:n] >= threshold).view(shape)
 
 
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     """F.dropout(x, p, training) with the cheaper mask on the CPU (not in place)."""
     if not training or not 0.0 < p < 1.0 or x.device.type != "cpu":
         return F.dropout(x, p, training)
-    # one float32 uniform per element; the 0/1 mask in x's dtype (bf16 under autocast: 0 and 1 are exact
-    # there, a mask scaled by 1 / (1 - p) would not be), then the scale as a float32 scalar: x * scale
-    # rounds once, as in nn.Dropout
-    keep = (torch.rand(x.shape, device=x.device) >= p).to(x.dtype)
+    # the 0/1 mask in x's dtype (bf16 under autocast: 0 and 1 are exact there, a mask scaled by 1 / (1 - p)
+    # would not be), then the scale as a float32 scalar: x * scale rounds once, as in nn.Dropout
+    keep = keep_mask(x.shape, p, x.device).to(x.dtype)
     return (x * keep).mul_(1.0 / (1.0 - p))
 
 

@@ -59,7 +59,7 @@ class CharRNN(nn.Module):
         # an in-cell LayerNorm-LSTM needs a Python time loop, ~10x slower on CPU
         self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(layers)) if layer_norm else None
         # dropout on the non-recurrent connections only (Zaremba et al. 2014): after each layer's output
-        # (models/dropout.py: its CPU mask costs less than half of nn.Dropout's)
+        # (models/dropout.py: its CPU mask costs a third of nn.Dropout's)
         self.drop = Dropout(dropout)
         # DropConnect on the recurrent weights (Merity et al. 2018): dropout that reaches the recurrence
         # (the dropout above acts between layers only). The mask sits on the weight matrix, not on h, so the
