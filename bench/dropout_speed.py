@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 SHARED = ROOT.parent / "shared" / "datasets"
 
+from conv_wgrad import ms  # noqa: E402  (median ms per call after 2 warm-up calls)
 from textgen_speed import train_step  # noqa: E402
 
 from ablations import runtime as rt  # noqa: E402
@@ -36,16 +37,6 @@ from ablations.registry import DATASETS, MODELS  # noqa: E402
 from ablations.study import get_study  # noqa: E402
 
 
-def call_ms(f, repeats: int) -> float:
-    f(), f()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(times)
-
-
 def one_call(shape: tuple, dtype, p: float, repeats: int) -> dict:
     """ms per forward + backward of each dropout on a (shape) tensor of dtype."""
     x = torch.randn(shape).to(dtype).requires_grad_()
@@ -53,7 +44,7 @@ def one_call(shape: tuple, dtype, p: float, repeats: int) -> dict:
     out = {}
     for name, mod in (("nn.Dropout", nn.Dropout(p)), ("ours", Dropout(p))):
         mod.train()
-        out[name] = call_ms(lambda: mod(x).backward(g), repeats)
+        out[name] = ms(lambda: mod(x).backward(g), repeats)
     return out
 
 
