@@ -52,6 +52,8 @@ def swap_dropout(model: nn.Module, to_torch: bool) -> None:
     """Every dropout module of `model` as nn.Dropout (to_torch) or as ours, same p."""
     for name, child in model.named_children():
         if isinstance(child, nn.Dropout):
+            if getattr(child, "shared_dim", None) is not None:  # nn.Dropout has no such twin
+                raise ValueError(f"{name}: locked dropout (shared_dim) has no nn.Dropout to compare with")
             setattr(model, name, (nn.Dropout if to_torch else Dropout)(child.p))
         else:
             swap_dropout(child, to_torch)

@@ -162,11 +162,11 @@ def test_lstm_traces_equal_torchs_lstm(lstm_run):
     model, vocab, _ = load_run(lstm_run)
     ids = vocab.encode("ROMEO:\nthe king (aside) and queen\n")
     traces = lstm_traces(model, ids)
-    h = model.embed(ids[None])
+    h = model.embed(ids[:, None])  # (T, 1, E): the layers run time-major
     with torch.no_grad():
         for li, rnn in enumerate(model.rnns):
             h, (hn, cn) = rnn(h)
-            assert torch.allclose(traces[li]["h"], h[0], atol=1e-5)
+            assert torch.allclose(traces[li]["h"], h[:, 0], atol=1e-5)
             assert torch.allclose(traces[li]["c"][-1], cn[0, 0], atol=1e-5)
             assert ((traces[li]["f"] > 0) & (traces[li]["f"] < 1)).all()
             h = model.norms[li](h)

@@ -218,6 +218,31 @@ def test_weight_drop_is_one_dropconnect_mask_per_batch_on_the_recurrent_weights(
     assert torch.equal(m(x)[0], ref(x)[0])
 
 
+@pytest.mark.parametrize("cell,layer_norm,embed", [("rnn", False, 4), ("lstm", True, 4), ("gru", False, 0)])
+def test_time_major_layers_equal_the_batch_first_computation(cell, layer_norm, embed):
+    """CharRNN runs its layers time-major (the CPU kernels' layout); the logits and states are those of the
+    same layers run batch-first, in the (B, T, V) layout callers get."""
+    torch.manual_seed(0)
+    m = MODELS.get(cell)(RNNConfig(name=cell, hidden=8, embed=embed, layers=2, layer_norm=layer_norm),
+                         DataSpec(vocab_size=10)).eval()
+    x = torch.randint(1, 10, (3, 12))
+    logits, state = m(x)
+    with torch.no_grad():
+        h = m.embed(x) if embed else torch.nn.functional.one_hot(x, 10).float()  # (B, T, E)
+        ref_state = []
+        for i, rnn in enumerate(m.rnns):
+            bf = type(rnn)(rnn.input_size, rnn.hidden_size, batch_first=True,
+                           **({"nonlinearity": "tanh"} if cell == "rnn" else {}))
+            bf.load_state_dict(rnn.state_dict())
+            h, s = bf(h)
+            ref_state.append(s)
+            h = m.norms[i](h) if layer_norm else h
+        ref = m.head(h)
+    assert logits.shape == (3, 12, 10) and torch.allclose(logits, ref, atol=1e-6)
+    flat = lambda st: [t for s in st for t in (s if isinstance(s, tuple) else (s,))]  # noqa: E731
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(flat(state), flat(ref_state), strict=True))
+
+
 def test_state_carries_over():
     m = MODELS.get("lstm")(RNNConfig(name="lstm", hidden=8, embed=4, layers=2), DataSpec(vocab_size=10)).eval()
     x = torch.randint(1, 10, (3, 12))
@@ -390,6 +415,27 @@ def test_cpu_dropout_keeps_1_minus_p_and_scales_as_nn_dropout(p, dtype):
     assert torch.equal(Dropout(0.0).train()(x), x)
 
 
+@pytest.mark.parametrize("p", [0.2, 0.5])
+def test_locked_dropout_shares_one_mask_over_time(p):
+    """model.locked_dropout: one mask per (sequence, unit), the same at every time step of the time-major
+    activations, kept with probability 1 - p and scaled by 1 / (1 - p); the gradient is the same mask."""
+    T, B, H = 7, 64, 256
+    x = torch.rand(T, B, H).add_(0.5).requires_grad_()
+    m = Dropout(p, shared_dim=0).train()
+    torch.manual_seed(0)
+    y = m(x)
+    keep = y[0] != 0  # (B, H)
+    assert torch.equal(y != 0, keep.expand(T, B, H))  # every time step, the same units dropped
+    assert abs(keep.float().mean().item() - (1 - p)) < 4.5 * math.sqrt(p * (1 - p) / (B * H))
+    assert torch.allclose(y[:, keep], x.detach()[:, keep] / (1 - p))
+    y.sum().backward()
+    assert torch.allclose(x.grad, (keep / (1 - p)).expand(T, B, H))
+    assert m.eval()(x) is x and "shared_dim=0" in repr(m)
+    lm = MODELS.get("lstm")(RNNConfig(name="lstm", hidden=8, embed=4, layers=2, dropout=p, locked_dropout=True),
+                            DataSpec(vocab_size=10))
+    assert lm.drop.shared_dim == 0 and lm.rnns[0].batch_first is False  # shared over the time dimension
+
+
 @pytest.mark.parametrize("name", ["lstm", "gru", "transformer"])
 def test_text_models_use_the_cpu_dropout_and_the_bench_swaps_every_one(name, bench_script):
     """The text models train with models/dropout.py's Dropout; bench/dropout_speed.py compares them against
@@ -410,14 +456,18 @@ def test_text_models_use_the_cpu_dropout_and_the_bench_swaps_every_one(name, ben
 @settings(max_examples=30, deadline=None)
 @given(p=st.floats(0.01, 0.99), n=st.integers(1, 5000), seed=st.integers(0, 2 ** 31))
 def test_keep_mask_keeps_each_element_with_probability_1_minus_p(p, n, seed):
-    """keep_mask cuts 64-bit draws into two 32-bit halves: any length (odd ones too) gets its shape, and the
-    kept share is 1 - p within 5 binomial standard errors (plus the 2^-33 threshold rounding)."""
+    """keep_mask cuts 64-bit draws into four 16-bit quarters: any length (not a multiple of 4 too) gets its
+    shape, and the kept share is 1 - p within Bernstein's bound at failure probability 1e-6 (valid for any
+    count, unlike a normal approximation: 1 dropped of 3 at p = 0.012 is a 3.5 % event), plus the 2^-17
+    threshold rounding."""
     from ablations.models.dropout import keep_mask
 
     torch.manual_seed(seed)
     m = keep_mask(torch.Size([n, 3]), p, torch.device("cpu"))
     assert m.shape == (n, 3) and m.dtype == torch.bool
     k = 3 * n
-    assert abs(m.float().mean().item() - (1 - p)) <= 5 * math.sqrt(p * (1 - p) / k) + 1e-9
+    log_term = math.log(2 / 1e-6)
+    bound = math.sqrt(2 * p * (1 - p) * log_term / k) + 2 * log_term / (3 * k)
+    assert abs(m.float().mean().item() - (1 - p)) <= bound + 2 ** -17
     torch.manual_seed(seed)
     assert torch.equal(keep_mask(torch.Size([n, 3]), p, torch.device("cpu")), m)

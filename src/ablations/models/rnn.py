@@ -5,7 +5,10 @@ One class serves the three cells. Layers are separate single-layer torch modules
 runs the layers one after another either way, so this costs nothing.
 
 Shapes: x (B, T) int64 token ids -> logits (B, T, V) float; the state is a tuple with one entry per
-layer: a tensor h (1, B, H) for rnn/gru, a pair (h, c) of those for lstm.
+layer: a tensor h (1, B, H) for rnn/gru, a pair (h, c) of those for lstm. Inside, activations are
+time-major (T, B, .): torch's CPU (oneDNN) sequence kernels want that layout, and batch-first layers
+cost a transpose copy of every layer's input and output, forward and backward (5 % of a 3x512 LSTM's
+training step on an Intel Xeon with AMX, bf16).
 """
 from __future__ import annotations
 
@@ -27,6 +30,9 @@ class RNNConfig(ModelConfig):
     layers: int = opt(1, "stacked recurrent layers", ge=1)
     embed: int = opt(64, "token embedding size (0: one-hot input)", ge=0)
     dropout: float = opt(0.0, "dropout between layers and before the output layer", ge=0, lt=1)
+    locked_dropout: bool = opt(False, "that dropout with one mask per sequence, the same at every time step "
+                                      "(variational dropout, Gal & Ghahramani 2016; AWD-LSTM's LockedDropout), "
+                                      "instead of one per element")
     layer_norm: bool = opt(False, "layer norm on each layer's output")
     weight_drop: float = opt(0.0, "DropConnect on each layer's hidden-to-hidden weights while training (AWD-LSTM's "
                                   "WeightDrop): one mask per batch, shared by all time steps", ge=0, lt=1)
@@ -38,7 +44,8 @@ State = tuple  # per layer: Tensor (1, B, H) for rnn/gru, (Tensor, Tensor) for l
 
 class CharRNN(nn.Module):
     def __init__(self, cell: str, vocab_size: int, hidden: int = 256, layers: int = 1, embed: int = 64,
-                 dropout: float = 0.0, layer_norm: bool = False, weight_drop: float = 0.0):
+                 dropout: float = 0.0, layer_norm: bool = False, weight_drop: float = 0.0,
+                 locked_dropout: bool = False):
         super().__init__()
         if cell not in _CELLS:
             raise ValueError(f"unknown recurrent cell {cell!r}; choices: {', '.join(_CELLS)}")
@@ -53,14 +60,15 @@ class CharRNN(nn.Module):
         self.embed = nn.Embedding(vocab_size, embed) if embed > 0 else None
         in_size = embed if embed > 0 else vocab_size
         kw = {"nonlinearity": "tanh"} if cell == "rnn" else {}
-        self.rnns = nn.ModuleList(
-            _CELLS[cell](in_size if i == 0 else hidden, hidden, batch_first=True, **kw) for i in range(layers))
+        self.rnns = nn.ModuleList(  # time-major: (T, B, .) in and out
+            _CELLS[cell](in_size if i == 0 else hidden, hidden, **kw) for i in range(layers))
         # layer norm on each layer's output (between layers and before the head), not inside the cell:
         # an in-cell LayerNorm-LSTM needs a Python time loop, ~10x slower on CPU
         self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(layers)) if layer_norm else None
         # dropout on the non-recurrent connections only (Zaremba et al. 2014): after each layer's output
-        # (models/dropout.py: its CPU mask costs a third of nn.Dropout's)
-        self.drop = Dropout(dropout)
+        # (models/dropout.py: its CPU mask costs a third of nn.Dropout's); locked: one mask per sequence,
+        # shared along dim 0, the time steps of the time-major activations
+        self.drop = Dropout(dropout, shared_dim=0 if locked_dropout else None)
         # DropConnect on the recurrent weights (Merity et al. 2018): dropout that reaches the recurrence
         # (the dropout above acts between layers only). The mask sits on the weight matrix, not on h, so the
         # fused sequence kernel still runs (oneDNN on CPU, measured 2-3 % slower for 3x512; on CUDA, untested,
@@ -81,8 +89,9 @@ class CharRNN(nn.Module):
                             p[self.hidden:2 * self.hidden].fill_(1.0)
 
     def forward(self, x: torch.Tensor, state: Optional[State] = None) -> tuple[torch.Tensor, State]:
-        # x: (B, T) int64 -> h: (B, T, E) or one-hot (B, T, V)
-        h = self.embed(x) if self.embed is not None else F.one_hot(x, self.vocab_size).float()
+        # x: (B, T) int64 -> h: (T, B, E) or one-hot (T, B, V); the lookup of x.t() writes time-major directly
+        xt = x.t()
+        h = self.embed(xt) if self.embed is not None else F.one_hot(xt, self.vocab_size).float()
         new_state = []
         for i, rnn in enumerate(self.rnns):
             st = None if state is None else state[i]
@@ -92,12 +101,12 @@ class CharRNN(nn.Module):
                 w = dropout(rnn.weight_hh_l0, self.weight_drop)  # (G * H, H), G gates
                 h, s = torch.func.functional_call(rnn, {"weight_hh_l0": w}, (h, st))
             else:
-                h, s = rnn(h, st)  # h: (B, T, H)
+                h, s = rnn(h, st)  # h: (T, B, H)
             new_state.append(s)
             if self.norms is not None:
                 h = self.norms[i](h)
             h = self.drop(h)
-        return self.head(h), tuple(new_state)  # (B, T, V)
+        return self.head(h).transpose(0, 1), tuple(new_state)  # (B, T, V), a view of the (T, B, V) logits
 
 
 def detach_state(state: Optional[State]) -> Optional[State]:
@@ -117,7 +126,8 @@ def map_state(state: Optional[State], fn) -> Optional[State]:
 def _builder(cell: str):
     def build(mc: RNNConfig, spec) -> CharRNN:
         return CharRNN(cell, spec.vocab_size, hidden=mc.hidden, layers=mc.layers, embed=mc.embed,
-                       dropout=mc.dropout, layer_norm=mc.layer_norm, weight_drop=mc.weight_drop)
+                       dropout=mc.dropout, layer_norm=mc.layer_norm, weight_drop=mc.weight_drop,
+                       locked_dropout=mc.locked_dropout)
 
     build.__doc__ = f"{cell.upper()} language model: (cfg.model, spec) -> CharRNN over spec.vocab_size tokens"
     return build
