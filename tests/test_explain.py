@@ -390,3 +390,18 @@ def test_stale_or_damaged_explanations_are_said_and_give_no_rows(tmp_path):
     assert "of weights this run no longer has" in md and md.count("unreadable (") == 2
     assert "not an object" in md
     assert rows(runs) == []
+
+
+def test_eval_streams_bench_scores_a_run_as_its_evaluation_did(lstm_run, bench_script, tmp_path):
+    """bench/textgen_eval_streams.py re-scores a finished run's final model: at the study's stream length it
+    gives the run's own reported (fp32) validation loss, and it writes one table row per run and split."""
+    import json
+
+    bench = bench_script("textgen_eval_streams")
+    res = json.loads((lstm_run / "result.json").read_text())
+    got = bench.stream_losses(lstm_run, ["val"], [2048, 10 ** 9])
+    assert got["val"][0] == pytest.approx(res["val_loss"], abs=1e-6)
+    out = tmp_path / "streams.md"
+    assert bench.main([str(lstm_run), "--stream-min", "2048", "1000000000", "--out", str(out)]) == 0
+    rows = [r for r in out.read_text().splitlines() if r.startswith(f"| {lstm_run} |")]
+    assert [r.split(" | ")[1] for r in rows] == ["val", "test"] and "one stream" in out.read_text()

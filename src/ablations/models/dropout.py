@@ -31,8 +31,8 @@ def keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor
     element compared with a threshold, so P(keep) = 1 - round(p * 2^16) / 2^16 (off by at most 2^-17, e.g.
     0.7000 -> 0.69999695 for p = 0.3; a p below 2^-17 keeps everything). The bits come from torch's generator
     as 64-bit draws cut in four: one draw per four elements, against two 32-bit halves before (commit cc67477):
-    in a profile of 8 training steps of the 3x512 LSTM the draws took 122 instead of 288 ms and the threshold
-    test 61 instead of 98 ms (Intel Xeon with AMX, bf16, 2 threads)."""
+    in a profile of 8 training steps of the 3x512 LSTM the draws took 125 instead of 281 ms and the threshold
+    test 62 instead of 97 ms (Intel Xeon with AMX, bf16, 2 threads; `python bench/textgen_ab.py TREE --profile 8`)."""
     n = math.prod(shape)
     bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-2 ** 63, None)  # uniform 64 bits
     threshold = round(p * 2 ** 16) - 2 ** 15  # int16 bits >= threshold: 2^15 - threshold of the 2^16 values
