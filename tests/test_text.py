@@ -243,6 +243,15 @@ def test_time_major_layers_equal_the_batch_first_computation(cell, layer_norm, e
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(flat(state), flat(ref_state), strict=True))
 
 
+def test_the_report_names_each_dropout_form_of_a_recurrent_model():
+    from ablations.report.language import describe_model
+
+    m = {"name": "lstm", "layers": 3, "hidden": 512, "dropout": 0.3, "layer_norm": True}
+    assert describe_model({"model": m}) == "lstm 3x512 drop 0.3 LN"
+    assert describe_model({"model": {**m, "locked_dropout": True, "weight_drop": 0.2},
+                           "method": {"carry_state": True}}) == "lstm 3x512 drop 0.3 locked wdrop 0.2 LN carry"
+
+
 def test_state_carries_over():
     m = MODELS.get("lstm")(RNNConfig(name="lstm", hidden=8, embed=4, layers=2), DataSpec(vocab_size=10)).eval()
     x = torch.randint(1, 10, (3, 12))

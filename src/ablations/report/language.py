@@ -38,13 +38,16 @@ def _cell(text: str, n: int) -> str:
 
 
 def describe_model(cfg: dict) -> str:
-    """A run's model in a few words: 'lstm 2x512 drop 0.2 LN carry', 'lstm 1x256, word, GloVe, synonym 0.1'."""
+    """A run's model in a few words: 'lstm 2x512 drop 0.2 LN carry', 'lstm 3x512 drop 0.3 locked wdrop 0.2',
+    'lstm 1x256, word, GloVe, synonym 0.1'."""
     m, meth, data = cfg["model"], cfg.get("method") or {}, cfg.get("data") or {}
     if "hidden" in m:  # the recurrent models
         desc = f"{m['name']} {m['layers']}x{m['hidden']}"
     else:
         desc = f"{m['name']} {m.get('layers', '?')}x{m.get('width', '?')} h{m.get('heads', '?')} ctx {m.get('block', '?')}"
-    desc += ((f" drop {m['dropout']:g}" if m.get("dropout") else "") + (" LN" if m.get("layer_norm") else "")
+    desc += ((f" drop {m['dropout']:g}" if m.get("dropout") else "")
+             + (" locked" if m.get("dropout") and m.get("locked_dropout") else "")
+             + (f" wdrop {m['weight_drop']:g}" if m.get("weight_drop") else "") + (" LN" if m.get("layer_norm") else "")
              + (" carry" if meth.get("carry_state") else ""))
     extra = [data["level"]] if data.get("level") == "word" else []
     if meth.get("embed_init") == "glove":
