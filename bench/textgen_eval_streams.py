@@ -34,17 +34,8 @@ def stream_losses(run_dir: Path, splits: list[str], stream_mins: list[int]) -> d
     numbers a run reports (methods/language_model.py's reported_losses; per-epoch validation runs in bf16)."""
     model, _, cfg = load_run(run_dir)
     data = DATASETS.get(cfg.data.name)(cfg.data)
-    out = {}
-    saved = lm.EVAL_STREAM_MIN
-    try:
-        for split in splits:
-            out[split] = []
-            for smin in stream_mins:
-                lm.EVAL_STREAM_MIN = smin  # evaluate() cuts the split into streams of at least this many tokens
-                out[split].append(lm.evaluate(model, getattr(data, split), torch.device("cpu"), None))
-    finally:
-        lm.EVAL_STREAM_MIN = saved
-    return out
+    return {split: [lm.evaluate(model, getattr(data, split), torch.device("cpu"), None, stream_min=smin)
+                    for smin in stream_mins] for split in splits}
 
 
 def main(argv=None) -> int:

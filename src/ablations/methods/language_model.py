@@ -44,12 +44,13 @@ EVAL_CHUNK = 256  # tokens per forward call during evaluation (state carries, so
 
 
 @torch.no_grad()
-def evaluate(model, data: torch.Tensor, device, dtype) -> float:
-    """Mean nats per token of `data` (1-D ids), every token after the first predicted exactly once."""
+def evaluate(model, data: torch.Tensor, device, dtype, stream_min: int = EVAL_STREAM_MIN) -> float:
+    """Mean nats per token of `data` (1-D ids), every token after the first predicted exactly once, in
+    streams of at least `stream_min` tokens (at most 64 streams; one when the split is shorter)."""
     n = len(data) - 1  # targets
     if n < 1:
         return float("nan")
-    streams = max(1, min(64, n // EVAL_STREAM_MIN))
+    streams = max(1, min(64, n // stream_min))
     length = math.ceil(n / streams)
     pad = streams * length - n
     x = F.pad(data[:-1], (0, pad)).view(streams, length).to(device)  # (S, L)

@@ -44,18 +44,16 @@ def dropout(x: torch.Tensor, p: float, training: bool = True, shared_dim: Option
     every index along that dimension, broadcast over it (the time steps of a sequence: variational or
     "locked" dropout); its mask is (size of x) / (size of that dimension) elements, so drawing it costs
     next to nothing."""
-    if shared_dim is not None and training and 0.0 < p < 1.0:
-        shape = list(x.shape)
-        shape[shared_dim] = 1
-        keep = (keep_mask(torch.Size(shape), p, x.device) if x.device.type == "cpu"
-                else torch.rand(shape, device=x.device) >= p)
-        return (x * keep.to(x.dtype)).mul_(1.0 / (1.0 - p))
-    if not training or not 0.0 < p < 1.0 or x.device.type != "cpu":
+    if not training or not 0.0 < p < 1.0 or (shared_dim is None and x.device.type != "cpu"):
         return F.dropout(x, p, training)
+    shape = list(x.shape)
+    if shared_dim is not None:
+        shape[shared_dim] = 1  # one mask entry for every index along shared_dim, broadcast below
+    keep = (keep_mask(torch.Size(shape), p, x.device) if x.device.type == "cpu"
+            else torch.rand(shape, device=x.device) >= p)
     # the 0/1 mask in x's dtype (bf16 under autocast: 0 and 1 are exact there, a mask scaled by 1 / (1 - p)
     # would not be), then the scale as a float32 scalar: x * scale rounds once, as in nn.Dropout
-    keep = keep_mask(x.shape, p, x.device).to(x.dtype)
-    return (x * keep).mul_(1.0 / (1.0 - p))
+    return (x * keep.to(x.dtype)).mul_(1.0 / (1.0 - p))
 
 
 class Dropout(nn.Dropout):
