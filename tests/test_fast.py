@@ -16,7 +16,7 @@ from ablations import loop
 from ablations import rundir as rd
 from ablations.config import ConfigError, OptimConfig
 from ablations.methods.supervised import Supervised, tta_levels, tta_logits, tta_views
-from ablations.models.airnet import AirNet, AirNetConfig, whitening_filters
+from ablations.models.airnet import AirNet, AirNetConfig, shifted_wgrad, whitening_filters
 from ablations.optim import build_optimizer, lr_factor
 from ablations.runtime import setup
 from ablations.study import get_study
@@ -125,6 +125,53 @@ def test_airnet_switches_and_sizes():
     assert frozen.stem.bias.requires_grad
     frozen.on_epoch(4)  # whiten_bias_epochs 3: frozen from epoch 4
     assert not frozen.stem.bias.requires_grad
+
+
+@pytest.mark.parametrize("h", [1, 3, 7, 8])
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+def test_shifted_weight_gradient_equals_autograd(h, layout):
+    """shifted_wgrad (9 tap-wise matrix products) is the weight gradient autograd computes for a padded 3 x 3
+    convolution, in fp32, whatever the memory layout of the input and the output gradient."""
+    g = torch.Generator().manual_seed(h)
+    x = torch.randn(3, 5, h, h, generator=g).contiguous(memory_format=layout)
+    w = torch.randn(7, 5, 3, 3, generator=g, requires_grad=True)
+    go = torch.randn(3, 7, h, h, generator=g).contiguous(memory_format=layout)
+    F.conv2d(x, w, padding=1).backward(go)
+    torch.testing.assert_close(shifted_wgrad(x, go), w.grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_conv_wgrad_switch_changes_no_gradient(autocast):
+    """conv_wgrad=shifted trains the same network: the same outputs and, up to summation order, the same
+    gradients for every parameter as native, in fp32 and under bf16 autocast (where the weight gradient
+    still lands in the fp32 weight); auto picks native or shifted by map size and CPU."""
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
+    grads, outs = {}, {}
+    for mode in ("native", "shifted"):
+        torch.manual_seed(1)
+        net = AirNet(AirNetConfig(widths=(8, 16, 16), conv_wgrad=mode), 10).to(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = net(x.contiguous(memory_format=torch.channels_last))
+        F.cross_entropy(out.float(), y).backward()
+        outs[mode] = out.detach().float()
+        grads[mode] = {n: p.grad for n, p in net.named_parameters() if p.requires_grad}
+    assert torch.equal(outs["native"], outs["shifted"])  # the forward pass is the native kernel in both
+    tol = dict(rtol=2e-2, atol=2e-3) if autocast else dict(rtol=1e-4, atol=1e-5)
+    for n, gn in grads["native"].items():
+        assert grads["shifted"][n].dtype == torch.float32
+        torch.testing.assert_close(grads["shifted"][n], gn, **tol, msg=n)
+
+
+def test_conv_wgrad_auto_picks_by_map_size_dtype_and_cpu(monkeypatch):
+    from ablations.models import airnet
+    x8, x15 = torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 15, 15)
+    for amx in (True, False):
+        monkeypatch.setattr(airnet, "_cpu_has_amx", lambda: amx)
+        assert airnet._use_shifted("auto", x8, torch.bfloat16) is amx
+        assert not airnet._use_shifted("auto", x15, torch.bfloat16)
+        assert not airnet._use_shifted("auto", x8, torch.float32)
+        assert airnet._use_shifted("shifted", x15, torch.float32) and not airnet._use_shifted("native", x8, torch.bfloat16)
 
 
 def _method(tmp_path, **over):
@@ -354,6 +401,15 @@ def test_bench_weight_gradient_formulations_equal_autograd(h, bench_script):
     F.conv2d(x, w, padding=1).backward(go)
     for f in (bench.wgrad_im2col, bench.wgrad_swapped):
         torch.testing.assert_close(f(x, go), w.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_bench_conv_wgrad_formulations_and_step_rounds(tmp_path, bench_script):
+    """bench/conv_wgrad.py's table holds the model's shifted_wgrad column, and --step alternates native and auto
+    rounds for a tiny airnet and writes their ratio."""
+    bench = bench_script("conv_wgrad")
+    assert bench.shapes((64, 256, 256), 32) == [(24, 64, 31), (64, 64, 15), (64, 256, 15), (256, 256, 7), (256, 256, 3)]
+    rows = bench.step_rounds((8, 16, 16), side=16, batch=4, classes=10, steps=1, rounds=2)
+    assert [r["round"] for r in rows] == [1, 2] and all(r["native"] > 0 and r["auto"] > 0 for r in rows)
 
 
 def test_bench_profile_cli_takes_the_studys_preset_and_variant(tmp_path, bench_script, monkeypatch):

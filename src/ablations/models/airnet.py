@@ -8,18 +8,23 @@ Each trick is a switch, so a study can remove them one at a time:
   dirac       every 3x3 conv starts as the identity on its first C_in output channels
   residual    ResNet-ification: each group's second conv is a residual branch, y = h + act(bn(conv(h)))
   bn_weight   learn the BN scales (airbench freezes them at 1 and learns only the biases)
+A speed switch that changes no maths: `conv_wgrad` computes the 3x3 convolutions' weight gradient as 9 shifted
+matrix products where oneDNN's own kernel is slow (small feature maps on AMX: bench/results/conv_wgrad.md).
 The global pool is adaptive, so the net takes any input size (progressive resizing trains at 24 px).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import FieldError, ModelConfig, opt
 from ..registry import MODELS
+from ..runtime import cpu_flags
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,10 @@ class AirNetConfig(ModelConfig):
     bn_eps: float = opt(1e-12, "BN epsilon (airbench: 1e-12)", gt=0)
     bn_weight: bool = opt(False, "learn the BN scales (off: frozen at 1, only the biases learn)")
     scale: float = opt(1 / 9, "multiplier of the logits", gt=0)
+    conv_wgrad: Literal["auto", "native", "shifted"] = opt(
+        "auto", "how the 3x3 convs' weight gradient is computed: native (oneDNN/cuDNN), shifted (9 matrix "
+        "products, shifted_wgrad), auto (shifted for maps of <= 8x8 in bf16 on a CPU with AMX, where measured "
+        "faster; native elsewhere). Same maths, a speed switch")
 
     def check(self) -> None:
         for i, w in enumerate(self.widths):
@@ -59,6 +68,60 @@ def whitening_filters(x: torch.Tensor, k: int, eps: float) -> torch.Tensor:
     return torch.cat([w, -w])
 
 
+def shifted_wgrad(x: torch.Tensor, go: torch.Tensor) -> torch.Tensor:
+    """The weight gradient of a 3x3, stride-1, padding-1 convolution as 9 matrix products, one per tap:
+    grad_w[:, :, i, j] = go^T @ xpad[:, i:i+H, j:j+W, :], both flattened to (B*H*W, channels) in NHWC.
+
+    x (B, C, H, W) input, go (B, Co, H, W) output gradient -> (Co, C, 3, 3). Why: on AMX, oneDNN's weight
+    gradient for small maps runs at a quarter of its forward pass's speed or less (bench/results/conv_wgrad.md:
+    384->384 at 7x7 115 ms against 30 ms forward, at 3x3 77 against 14), while a plain bf16 matrix product
+    with a long reduction (B*H*W = 25,088 rows at batch 512) runs near the forward's speed. Each tap copies one
+    shifted view of the padded input (B*H*W*C elements): cheap next to the products."""
+    B, C, H, W = x.shape
+    Co = go.shape[1]
+    xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 1))  # (B, H+2, W+2, C), contiguous
+    g = go.permute(0, 2, 3, 1).reshape(B * H * W, Co)  # a view when go is channels_last
+    out = torch.empty(Co, 3, 3, C, dtype=go.dtype, device=go.device)
+    for i in range(3):
+        for j in range(3):
+            torch.mm(g.t(), xp[:, i:i + H, j:j + W, :].reshape(B * H * W, C), out=out[:, i, j, :])
+    return out.permute(0, 3, 1, 2)  # (Co, C, 3, 3) with channels_last strides, like the weight's own layout
+
+
+class _Conv3x3(torch.autograd.Function):
+    """conv2d(x, w, padding=1) whose backward takes the input gradient from the native kernel and the weight
+    gradient from shifted_wgrad. x and w arrive already in the compute dtype (autocast is off inside)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, w)
+        return F.conv2d(x, w, padding=1)
+
+    @staticmethod
+    def backward(ctx, go: torch.Tensor):
+        x, w = ctx.saved_tensors
+        gx = gw = None
+        if ctx.needs_input_grad[0]:
+            gx = torch.ops.aten.convolution_backward(go, x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+                                                     [True, False, False])[0]
+        if ctx.needs_input_grad[1]:
+            gw = shifted_wgrad(x, go)
+        return gx, gw
+
+
+@lru_cache(maxsize=1)
+def _cpu_has_amx() -> bool:
+    return "amx_bf16" in cpu_flags()
+
+
+def _use_shifted(mode: str, x: torch.Tensor, dtype: torch.dtype) -> bool:
+    if mode != "auto":
+        return mode == "shifted"
+    # measured faster only here (bench/results/conv_wgrad.md): bf16 on AMX, maps of <= 8x8; at 15x15 and
+    # 31x31 oneDNN's kernel wins
+    return x.device.type == "cpu" and dtype == torch.bfloat16 and max(x.shape[-2:]) <= 8 and _cpu_has_amx()
+
+
 class _BN(nn.BatchNorm2d):
     def __init__(self, c: int, cfg: AirNetConfig):
         super().__init__(c, eps=cfg.bn_eps, momentum=1 - cfg.bn_momentum)  # torch's momentum is the new share
@@ -66,11 +129,24 @@ class _BN(nn.BatchNorm2d):
 
 
 class _Conv(nn.Conv2d):
-    def __init__(self, c_in: int, c_out: int, dirac: bool):
+    def __init__(self, c_in: int, c_out: int, dirac: bool, wgrad: str = "native"):
         super().__init__(c_in, c_out, 3, padding=1, bias=False)
+        self.wgrad = wgrad
         if dirac:  # the first c_in outputs pass their input through: a deep net that starts near shallow
             with torch.no_grad():
                 nn.init.dirac_(self.weight[:min(c_in, c_out)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled() or not self.weight.requires_grad:
+            return super().forward(x)
+        ac = torch.is_autocast_enabled(x.device.type)
+        dtype = torch.get_autocast_dtype(x.device.type) if ac else x.dtype
+        if not _use_shifted(self.wgrad, x, dtype):
+            return super().forward(x)
+        # cast as autocast would (the cast's own backward returns the gradient in the weight's fp32), then
+        # run the function with autocast off so that it sees exactly these dtypes
+        with torch.autocast(x.device.type, enabled=False):
+            return _Conv3x3.apply(x.to(dtype), self.weight.to(dtype))
 
 
 class _Group(nn.Module):
@@ -79,8 +155,9 @@ class _Group(nn.Module):
     def __init__(self, c_in: int, c_out: int, cfg: AirNetConfig):
         super().__init__()
         act = nn.GELU if cfg.act == "gelu" else nn.ReLU
-        self.conv1, self.pool, self.norm1, self.act1 = _Conv(c_in, c_out, cfg.dirac), nn.MaxPool2d(2), _BN(c_out, cfg), act()
-        self.conv2, self.norm2, self.act2 = _Conv(c_out, c_out, cfg.dirac), _BN(c_out, cfg), act()
+        self.conv1 = _Conv(c_in, c_out, cfg.dirac, cfg.conv_wgrad)
+        self.pool, self.norm1, self.act1 = nn.MaxPool2d(2), _BN(c_out, cfg), act()
+        self.conv2, self.norm2, self.act2 = _Conv(c_out, c_out, cfg.dirac, cfg.conv_wgrad), _BN(c_out, cfg), act()
         self.residual = cfg.residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
