@@ -8,7 +8,7 @@ Each trick is a switch, so a study can remove them one at a time:
   dirac       every 3x3 conv starts as the identity on its first C_in output channels
   residual    ResNet-ification: each group's second conv is a residual branch, y = h + act(bn(conv(h)))
   bn_weight   learn the BN scales (airbench freezes them at 1 and learns only the biases)
-A speed switch that changes no maths: `conv_wgrad` computes the 3x3 convolutions' weight gradient as 9 shifted
+A speed switch that changes no maths (only bf16 rounding): `conv_wgrad` computes the 3x3 convolutions' weight gradient as 9 shifted
 matrix products where oneDNN's own kernel is slow (small feature maps on AMX: bench/results/conv_wgrad.md).
 The global pool is adaptive, so the net takes any input size (progressive resizing trains at 24 px).
 """
@@ -45,7 +45,8 @@ class AirNetConfig(ModelConfig):
     conv_wgrad: Literal["auto", "native", "shifted"] = opt(
         "auto", "how the 3x3 convs' weight gradient is computed: native (oneDNN/cuDNN), shifted (9 matrix "
         "products, shifted_wgrad), auto (shifted for maps of <= 8x8 in bf16 on a CPU with AMX, where measured "
-        "faster; native elsewhere). Same maths, a speed switch")
+        "faster; native elsewhere). Same maths, a speed switch; the bf16 rounding differs, so a seed's run "
+        "does not repeat the other setting's bit for bit")
 
     def check(self) -> None:
         for i, w in enumerate(self.widths):
@@ -73,10 +74,11 @@ def shifted_wgrad(x: torch.Tensor, go: torch.Tensor) -> torch.Tensor:
     grad_w[:, :, i, j] = go^T @ xpad[:, i:i+H, j:j+W, :], both flattened to (B*H*W, channels) in NHWC.
 
     x (B, C, H, W) input, go (B, Co, H, W) output gradient -> (Co, C, 3, 3). Why: on AMX, oneDNN's weight
-    gradient for small maps runs at a quarter of its forward pass's speed or less (bench/results/conv_wgrad.md:
-    384->384 at 7x7 115 ms against 30 ms forward, at 3x3 77 against 14), while a plain bf16 matrix product
-    with a long reduction (B*H*W = 25,088 rows at batch 512) runs near the forward's speed. Each tap copies one
-    shifted view of the padded input (B*H*W*C elements): cheap next to the products."""
+    gradient for small maps runs at a quarter of its forward pass's speed or less, while a plain bf16 matrix
+    product with a long reduction (B*H*W = 25,088 rows at batch 512) runs at about half of it
+    (bench/results/conv_wgrad.md, batch 512: 384->384 at 7x7 124 ms native, 78 ms shifted, 40 ms forward; at
+    3x3 98, 16 and 20 ms). At 11x11 and larger, oneDNN's kernel is the faster. Each tap copies one shifted view
+    of the padded input (B*H*W*C elements) into a buffer the 9 taps share."""
     B, C, H, W = x.shape
     Co = go.shape[1]
     xp = x.new_empty(B, H + 2, W + 2, C)  # the zero-padded input in NHWC; only its border is zeroed, not all
