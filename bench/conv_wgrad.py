@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ablations import runtime
-from ablations.models.airnet import shifted_wgrad
+from ablations.models.airnet import AirNet, AirNetConfig, shifted_wgrad
 
 CL = torch.channels_last
 
@@ -69,13 +69,11 @@ def wgrad_swapped(x, go):
     return F.conv2d(xt, gt, padding=1).transpose(0, 1)
 
 
-def step_rounds(widths, side: int, batch: int, classes: int, steps: int, rounds: int) -> list[dict]:
+def step_rounds(widths, side: int, batch: int, classes: int, steps: int, rounds: int, dtype) -> list[dict]:
     """Images per second of airnet's training step, conv_wgrad native vs auto, `rounds` alternating rounds
-    of `steps` timed steps each (after 2 untimed ones per model: oneDNN builds its kernels on the first)."""
-    from ablations.models.airnet import AirNet, AirNetConfig
-
+    of `steps` timed steps each (after 2 untimed ones per model: oneDNN builds its kernels on the first),
+    under autocast to `dtype` (None: fp32)."""
     cpu = torch.device("cpu")
-    dtype = torch.bfloat16 if runtime.cpu_has_bf16() else None
     x = torch.randn(batch, 3, side, side).contiguous(memory_format=CL)
     y = torch.randint(0, classes, (batch,))
     nets = {}
@@ -122,11 +120,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4, help="--step: alternating rounds")
     a = ap.parse_args()
     if a.step:
-        rows = step_rounds(a.widths, a.side, a.batch, a.classes, a.steps, a.rounds)
+        amp = torch.bfloat16 if runtime.cpu_has_bf16() else None
+        rows = step_rounds(a.widths, a.side, a.batch, a.classes, a.steps, a.rounds, amp)
         ratios = sorted(r["auto"] / r["native"] for r in rows)
         text = (f"\n`python bench/conv_wgrad.py {' '.join(sys.argv[1:])}` on {runtime.cpu_model()}, "
                 f"{torch.get_num_threads()} threads, torch {torch.__version__}, "
-                f"{'bfloat16' if runtime.cpu_has_bf16() else 'fp32'}, {time.strftime('%Y-%m-%d %H:%M')}: airnet "
+                f"{runtime.precision_name(amp)}, {time.strftime('%Y-%m-%d %H:%M')}: airnet "
                 f"{tuple(a.widths)}, {a.classes} classes, batch {a.batch}, {a.side} px, {a.steps} steps per round; "
                 "training images per second, conv_wgrad native vs auto.\n\n| round | native | auto | auto / native |\n"
                 "|---|---|---|---|\n"

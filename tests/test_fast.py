@@ -404,11 +404,11 @@ def test_bench_weight_gradient_formulations_equal_autograd(h, bench_script):
 
 
 def test_bench_conv_wgrad_formulations_and_step_rounds(tmp_path, bench_script):
-    """bench/conv_wgrad.py's table holds the model's shifted_wgrad column, and --step alternates native and auto
-    rounds for a tiny airnet and writes their ratio."""
+    """bench/conv_wgrad.py lists airnet's 3x3 convs once each (the two 256->256 convs at 7x7 are one shape), and
+    --step's rounds time both conv_wgrad settings of a tiny airnet."""
     bench = bench_script("conv_wgrad")
     assert bench.shapes((64, 256, 256), 32) == [(24, 64, 31), (64, 64, 15), (64, 256, 15), (256, 256, 7), (256, 256, 3)]
-    rows = bench.step_rounds((8, 16, 16), side=16, batch=4, classes=10, steps=1, rounds=2)
+    rows = bench.step_rounds((8, 16, 16), side=16, batch=4, classes=10, steps=1, rounds=2, dtype=None)
     assert [r["round"] for r in rows] == [1, 2] and all(r["native"] > 0 and r["auto"] > 0 for r in rows)
 
 
