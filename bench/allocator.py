@@ -6,8 +6,8 @@ allocator that keeps freed memory (tcmalloc; jemalloc) is loaded with LD_PRELOAD
     .venv/bin/python bench/allocator.py [--rounds 3] [--steps 12] [--out bench/results/allocator.md]
 
 Each round runs the same short training once per allocator, alternating which goes first (the machine
-drifts: only interleaved rounds compare): `ablations run cifar100-fast --preset full --variant budget30_amx`
-cut to 2 epochs of --steps steps at 32 px, no test. The second epoch's img/s is compared (the first builds
+drifts: only interleaved rounds compare): by default `ablations run cifar100-fast --preset full --variant
+budget30_amx` cut to 2 epochs of --steps steps at 32 px, no test (--study/--preset/--variant/--set pick another). The second epoch's img/s is compared (the first builds
 oneDNN's kernels), with the process's minor page faults. Appends a markdown table to --out."""
 from __future__ import annotations
 
@@ -32,52 +32,64 @@ def find(lib: str) -> str:
     sys.exit(f"bench/allocator.py: {lib} not found (Debian: apt-get install libtcmalloc-minimal4 libjemalloc2)")
 
 
-def one(alloc: str, steps: int, threads: int) -> dict:
+CUT = ["method.low_res=0", "method.low_res_epochs=0", "train.eval_test=false"]  # cifar100-fast: 32 px, no test
+
+
+def one(alloc: str, study: str, preset: str, variant: str, steps: int, threads: int, sets: list[str]) -> dict:
+    """One fresh `ablations run` of 2 epochs of `steps` steps under allocator `alloc`: the second epoch's img/s,
+    the process's minor page faults and its user and kernel CPU seconds."""
     ablations = str(Path(sys.executable).parent / "ablations")
     env = dict(os.environ)
     if LIBS[alloc]:
         env["LD_PRELOAD"] = find(LIBS[alloc])
     with tempfile.TemporaryDirectory() as out:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        subprocess.run([ablations, "run", "cifar100-fast", "--preset", "full", "--variant", "budget30_amx",
-                        "--set", f"train.threads={threads}", "--set", "train.epochs=2",
-                        "--set", f"train.steps_per_epoch={steps}", "--set", "method.low_res=0",
-                        "--set", "method.low_res_epochs=0", "--set", "train.eval_test=false", "--out", out],
-                       env=env, check=True, capture_output=True)
+        cmd = [ablations, "run", study, "--preset", preset, "--variant", variant, "--out", out,
+               "--set", f"train.threads={threads}", "--set", "train.epochs=2", "--set", f"train.steps_per_epoch={steps}"]
+        subprocess.run(cmd + [a for kv in sets for a in ("--set", kv)], env=env, check=True, capture_output=True)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        rows = [json.loads(l) for l in
-                (Path(out) / "cifar100-fast/full/budget30_amx/seed0/metrics.jsonl").read_text().splitlines()]
-        envj = json.loads((Path(out) / "cifar100-fast/full/budget30_amx/seed0/env.json").read_text())
+        (metrics,) = Path(out).rglob("metrics.jsonl")
+        rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+        envj = json.loads((metrics.parent / "env.json").read_text())
     return {"img_s": rows[-1]["img_per_s"], "faults": after.ru_minflt - before.ru_minflt,
             "sys_s": after.ru_stime - before.ru_stime, "user_s": after.ru_utime - before.ru_utime,
-            "cpu": envj.get("cpu", "?"), "flags": " ".join(envj.get("cpu_flags", [])), "torch": envj.get("versions", {}).get("torch", "?")}
+            "cpu": envj.get("cpu", "?"), "flags": " ".join(envj.get("cpu_flags", [])),
+            "torch": envj.get("versions", {}).get("torch", "?")}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--allocators", nargs="+", default=["glibc", "tcmalloc"], choices=list(LIBS))
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=12, help="batches of 512 per epoch (2 epochs per process)")
+    ap.add_argument("--steps", type=int, default=12, help="batches per epoch (2 epochs per process)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--study", default="cifar100-fast", help="a study name or .yaml file (tests: a tiny one)")
+    ap.add_argument("--preset", default="full")
+    ap.add_argument("--variant", default="budget30_amx")
+    ap.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE",
+                    help=f"config overrides besides the 2 epochs of --steps steps (default: {' '.join(CUT)})")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "allocator.md"))
     a = ap.parse_args()
+    if len(set(a.allocators)) != len(a.allocators):
+        ap.error(f"--allocators: each at most once, got {' '.join(a.allocators)}")
     rows, info = [], {}
     for r in range(a.rounds):
         order = a.allocators if r % 2 == 0 else a.allocators[::-1]
         row = {"round": r + 1}
         for alloc in order:
-            info = row[alloc] = one(alloc, a.steps, a.threads)
+            info = row[alloc] = one(alloc, a.study, a.preset, a.variant, a.steps, a.threads,
+                                    CUT if a.sets is None else a.sets)
             print(r + 1, alloc, {k: round(v, 1) if isinstance(v, float) else v for k, v in info.items()}, flush=True)
         rows.append(row)
     base = a.allocators[0]
-    head = " | ".join(f"{x} img/s | faults | sys s" for x in a.allocators)
+    head = " | ".join(f"{x} img/s | faults | user s | sys s" for x in a.allocators)
     text = (f"\n`python bench/allocator.py {' '.join(sys.argv[1:])}` on {info['cpu']} ({info['flags']}), {a.threads} threads, torch "
-            f"{info['torch']}, {time.strftime('%Y-%m-%d %H:%M')}: cifar100-fast budget30_amx (airnet 128/384/384, "
+            f"{info['torch']}, {time.strftime('%Y-%m-%d %H:%M')}: {a.study} {a.variant} (default: airnet 128/384/384, "
             f"bf16 where the CPU has it, batch 512, 32 px), 2 epochs of {a.steps} steps per process, the second "
-            "epoch's img/s; faults and sys s: the whole process's minor page faults and kernel CPU seconds.\n\n"
-            f"| round | {head} |\n|---|" + "---|---|---|" * len(a.allocators) + "\n"
+            "epoch's img/s; faults, user s and sys s: the whole process's minor page faults, user and kernel CPU "
+            f"seconds.\n\n| round | {head} |\n|---|" + "---|---|---|---|" * len(a.allocators) + "\n"
             + "".join(f"| {row['round']} | " + " | ".join(
-                f"{row[x]['img_s']:.0f} | {row[x]['faults'] / 1e6:.2f} M | {row[x]['sys_s']:.0f}"
+                f"{row[x]['img_s']:.0f} | {row[x]['faults'] / 1e6:.2f} M | {row[x]['user_s']:.0f} | {row[x]['sys_s']:.0f}"
                 for x in a.allocators) + " |\n" for row in rows))
     for x in a.allocators[1:]:
         ratios = sorted(row[x]["img_s"] / row[base]["img_s"] for row in rows)

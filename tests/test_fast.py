@@ -424,3 +424,33 @@ def test_bench_profile_cli_takes_the_studys_preset_and_variant(tmp_path, bench_s
     assert head[0] == ("python bench/cifar_fast.py --profile --profile-study cifar100-fast --preset smoke "
                        "--variant recipe")
     assert "(8, 16, 16)" in head[1] and "100 classes, batch 512" in head[1]  # smoke widths, main's batch
+
+
+def test_bench_allocator_times_a_real_run_and_tables_the_rounds(tmp_path, tiny_study, bench_script, monkeypatch):
+    """bench/allocator.py: one() runs `ablations run` for real (glibc: no preload) and reads the second epoch's
+    speed and the process's page faults; main() alternates the allocators' order by round and appends one table
+    row per round and the median ratio."""
+    bench = bench_script("allocator")
+    got = bench.one("glibc", str(tiny_study), "smoke", "plain", steps=2, threads=1, sets=[])
+    assert got["img_s"] > 0 and got["faults"] > 0 and got["user_s"] > 0
+
+    calls = []
+
+    def fake(alloc, study, preset, variant, steps, threads, sets):
+        calls.append(alloc)
+        return {"img_s": {"glibc": 100.0, "tcmalloc": 110.0}[alloc] + len(calls), "faults": 2e6, "user_s": 9.0,
+                "sys_s": 1.0, "cpu": "cpu", "flags": "avx2", "torch": "x"}
+
+    monkeypatch.setattr(bench, "one", fake)
+    out = tmp_path / "allocator.md"
+    monkeypatch.setattr("sys.argv", ["allocator.py", "--rounds", "3", "--out", str(out)])
+    bench.main()
+    assert calls == ["glibc", "tcmalloc", "tcmalloc", "glibc", "glibc", "tcmalloc"]
+    text = out.read_text()
+    assert "| 1 | 101 | 2.00 M | 9 | 1 | 112 | 2.00 M | 9 | 1 |" in text
+    ratios = sorted([112 / 101, 113 / 104, 116 / 105])
+    assert f"tcmalloc / glibc: median {ratios[1]:.3f} (range {ratios[0]:.3f}-{ratios[2]:.3f}, 3 rounds)" in text
+    monkeypatch.setattr("sys.argv", ["allocator.py", "--allocators", "glibc", "glibc"])
+    with pytest.raises(SystemExit) as e:
+        bench.main()
+    assert e.value.code == 2
