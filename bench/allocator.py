@@ -1,14 +1,16 @@
 """Does the C allocator matter for CPU training? glibc returns freed blocks over its mmap threshold (32 MiB at
 most) to the OS, so every training step's large activations fault in fresh, zeroed pages again (a
-cifar100-fast run at batch 512 took 153 million minor page faults, 7 % of its CPU time in the kernel). An
-allocator that keeps freed memory (tcmalloc; jemalloc) is loaded with LD_PRELOAD before Python starts.
+cifar100-fast run at batch 512 took 153 million minor page faults, 7 % of its CPU time in the kernel). Another
+allocator is loaded with LD_PRELOAD before Python starts: tcmalloc keeps freed memory (no faults in a probe that
+allocates and frees a 64 MiB tensor); jemalloc with its default settings faulted as glibc does there.
 
     .venv/bin/python bench/allocator.py [--rounds 3] [--steps 12] [--out bench/results/allocator.md]
 
 Each round runs the same short training once per allocator, alternating which goes first (the machine
 drifts: only interleaved rounds compare): by default `ablations run cifar100-fast --preset full --variant
-budget30_amx` cut to 2 epochs of --steps steps at 32 px, no test (--study/--preset/--variant/--set pick another). The second epoch's img/s is compared (the first builds
-oneDNN's kernels), with the process's minor page faults. Appends a markdown table to --out."""
+budget30_amx` cut to 2 epochs of --steps steps at 32 px, no test (--study/--preset/--variant/--set pick
+another). The second epoch's img/s is compared (the first builds oneDNN's kernels), with the process's minor page
+faults and CPU seconds. Appends a markdown table to --out."""
 from __future__ import annotations
 
 import argparse
@@ -46,7 +48,9 @@ def one(alloc: str, study: str, preset: str, variant: str, steps: int, threads: 
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         cmd = [ablations, "run", study, "--preset", preset, "--variant", variant, "--out", out,
                "--set", f"train.threads={threads}", "--set", "train.epochs=2", "--set", f"train.steps_per_epoch={steps}"]
-        subprocess.run(cmd + [a for kv in sets for a in ("--set", kv)], env=env, check=True, capture_output=True)
+        done = subprocess.run(cmd + [a for kv in sets for a in ("--set", kv)], env=env, capture_output=True, text=True)
+        if done.returncode:
+            sys.exit(f"bench/allocator.py: the {alloc} run failed ({done.returncode}):\n{done.stderr[-2000:]}")
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         (metrics,) = Path(out).rglob("metrics.jsonl")
         rows = [json.loads(line) for line in metrics.read_text().splitlines()]
