@@ -14,7 +14,6 @@ faults and CPU seconds. Appends a markdown table to --out."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
@@ -23,6 +22,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from ablations import rundir as rd
 
 LIBS = {"glibc": "", "tcmalloc": "libtcmalloc_minimal.so.4", "jemalloc": "libjemalloc.so.2"}
 
@@ -52,10 +53,10 @@ def one(alloc: str, study: str, preset: str, variant: str, steps: int, threads: 
         if done.returncode:
             sys.exit(f"bench/allocator.py: the {alloc} run failed ({done.returncode}):\n{done.stderr[-2000:]}")
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        (metrics,) = Path(out).rglob("metrics.jsonl")
-        rows = [json.loads(line) for line in metrics.read_text().splitlines()]
-        envj = json.loads((metrics.parent / "env.json").read_text())
-    return {"img_s": rows[-1]["img_per_s"], "faults": after.ru_minflt - before.ru_minflt,
+        (run,) = rd.find_runs(Path(out))
+        epochs = [r for r in rd.read_metrics(run / rd.METRICS) if "img_per_s" in r]
+        envj = rd.read_json(run / rd.ENV)
+    return {"img_s": epochs[-1]["img_per_s"], "faults": after.ru_minflt - before.ru_minflt,
             "sys_s": after.ru_stime - before.ru_stime, "user_s": after.ru_utime - before.ru_utime,
             "cpu": envj.get("cpu", "?"), "flags": " ".join(envj.get("cpu_flags", [])),
             "torch": envj.get("versions", {}).get("torch", "?")}
