@@ -1,11 +1,15 @@
-"""The weight average's paired comparison on every held-out split: a language-model run trained with
-`train.ema` exports the average (final.safetensors) and records only the raw weights' validation loss
-(`raw_val_loss`); this scores both the average and the raw last weights (checkpoint.pt's "model") on
-validation, test and the last 10 %, in fp32, exactly as the run scores its final model.
+"""The weight average's paired comparison on every held-out split: a run trained with `train.ema` exports
+the average (final.safetensors) and records only the raw weights' validation metrics (`raw_val_*`, none
+without a validation split); this scores both the average and the raw last weights (checkpoint.pt's "model")
+exactly as the run scores its final model. Both come from the same training, so the difference is the
+average's own effect, free of seed noise.
+- a language-model run: nats per character on validation, test and the last 10 %, in fp32;
+- an image run (supervised and its kind: a method with `predict`): test accuracy (%) with the run's own
+  test-time augmentation and at each lower level (mirror only, none), under the run's own precision.
 
     ABLATIONS_DATA=../shared/datasets .venv/bin/python bench/ema_raw_weights.py RUN_DIR [RUN_DIR ...]
 
-Prints a markdown table (nats per character): one row per run and weights, and the average's gain."""
+Prints a markdown table: one row per run and weights, and the average's gain."""
 from __future__ import annotations
 
 import argparse
@@ -14,27 +18,67 @@ from pathlib import Path
 
 import torch
 
+from safetensors.torch import load_file
+
+from ablations import runtime
 from ablations import rundir as rd
+from ablations.config import RunConfig, from_dict
 from ablations.generate import load_run
 from ablations.methods.language_model import REPORTED_SPLITS, reported_losses
-from ablations.registry import DATASETS, load_plugins
+from ablations.registry import DATASETS, METHODS, load_plugins
+from ablations.study import ref_dirs
 
-def score(run_dir: Path) -> dict[str, dict[str, float]]:
-    """{"average": {split: nats/char}, "raw": {...}} for one finished language-model run with train.ema."""
+# the image rows' columns: result.json's keys for the test accuracy at the run's TTA and below it
+IMAGE_KEYS = ("test_acc", "test_acc_mirror", "test_acc_no_tta")
+
+def _checked(run_dir: Path) -> RunConfig:
+    """The config of a finished run trained with train.ema that exported its last weights' average."""
     if not (run_dir / rd.FINAL).exists():  # load_run would fall back to the checkpoint's raw weights
         raise SystemExit(f"{run_dir}: no {rd.FINAL} (unfinished?): nothing averaged to compare")
-    model, _, cfg = load_run(run_dir)  # final.safetensors: the average
+    cfg = from_dict(rd.read_json(run_dir / rd.CONFIG), str(run_dir / rd.CONFIG))
     if not cfg.train.ema:
         raise SystemExit(f"{run_dir}: trained without train.ema: its final weights are its last weights")
     if cfg.train.keep != "last":  # final.safetensors is then the best epoch's average, not the last one
         raise SystemExit(f"{run_dir}: train.keep={cfg.train.keep}: its exported average is not the last weights' "
                          "partner")
+    return cfg
+
+
+def score(run_dir: Path) -> dict[str, dict[str, float]]:
+    """{"average": {column: value}, "raw": {...}} for one finished run with train.ema: nats/char per split
+    for a language model, IMAGE_KEYS accuracies (%) for an image run."""
+    cfg = _checked(run_dir)
+    if cfg.method.name != "language_model":
+        return score_image(run_dir, cfg)
+    model, _, cfg = load_run(run_dir)  # final.safetensors: the average
     data = DATASETS.get(cfg.data.name)(cfg.data)  # the run's own splits and vocabulary, rebuilt from its config
     out = {}
     for name, state in (("average", None), ("raw", rd.load_checkpoint(run_dir / rd.CHECKPOINT)["model"])):
         if state is not None:
             model.load_state_dict(state)
         out[name] = reported_losses(model, data, torch.device("cpu"))
+    return out
+
+
+def score_image(run_dir: Path, cfg: RunConfig) -> dict[str, dict[str, float]]:
+    """Test accuracies of the average and the raw weights, each scored by the run's own method (its splits, TTA
+    and precision rebuilt from config.json; referenced runs, a core-set's proxy, found beside it)."""
+    method_cls = METHODS.get(cfg.method.name)
+    if not hasattr(method_cls, "predict"):
+        raise SystemExit(f"{run_dir}: method {cfg.method.name} has no predict(): not an image classifier")
+    # a referenced run (a core-set's proxy) lies beside this one: OUT/study/preset/variant/seedN
+    refs = ref_dirs(run_dir.parents[3], cfg) if cfg.refs() else {}
+    rt = runtime.setup(cfg.train, cfg.seed)
+    method = method_cls(cfg, rt, run_dir, refs)
+    method.train_mode(False)
+    level = cfg.method.tta
+    out = {}
+    for name, state in (("average", load_file(str(run_dir / rd.FINAL))),
+                        ("raw", rd.load_checkpoint(run_dir / rd.CHECKPOINT)["model"])):
+        method.model.load_state_dict(state)
+        _, _, _, accs = method.predict("test")
+        # accs[level] is the run's own test_acc; level 1 the mirror only, level 0 none (IMAGE_KEYS' order)
+        out[name] = {IMAGE_KEYS[level - lv]: accs[lv] for lv in range(level, -1, -1)}
     return out
 
 
@@ -45,14 +89,21 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     load_plugins()
-    print(f"`python bench/ema_raw_weights.py {' '.join(sys.argv[1:])}`: nats per character, fp32\n")
-    print("| run | weights | " + " | ".join(REPORTED_SPLITS) + " |\n|---|---|" + "---|" * len(REPORTED_SPLITS))
+    print(f"`python bench/ema_raw_weights.py {' '.join(sys.argv[1:])}`\n")
+    head = None
     for run in a.runs:
         s = score(run)
+        image = "test_acc" in s["average"]
+        cols = [k for k in IMAGE_KEYS if k in s["average"]] if image else list(REPORTED_SPLITS)
+        if head != cols:  # a language-model and an image run need tables of their own
+            unit = "test accuracy, %" if image else "nats per character, fp32"
+            print(f"\n{unit}\n\n| run | weights | " + " | ".join(cols) + " |\n|---|---|" + "---|" * len(cols))
+            head = cols
         for w in ("average", "raw"):
-            print(f"| {run} | {w} | " + " | ".join(f"{s[w][k]:.5f}" for k in REPORTED_SPLITS) + " |")
-        print(f"| {run} | gain of the average | " + " | ".join(f"{s['raw'][k] - s['average'][k]:+.5f}"
-                                                                for k in REPORTED_SPLITS) + " |")
+            print(f"| {run} | {w} | " + " | ".join(f"{s[w][k]:.{2 if image else 5}f}" for k in cols) + " |")
+        sign = 1 if image else -1  # accuracy: higher is better; loss: lower
+        print(f"| {run} | gain of the average | " + " | ".join(
+            f"{sign * (s['average'][k] - s['raw'][k]):+.{2 if image else 5}f}" for k in cols) + " |")
 
 
 if __name__ == "__main__":

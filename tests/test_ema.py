@@ -108,3 +108,20 @@ def test_bench_scores_the_average_as_the_run_did_and_the_raw_weights_beside_it(t
     loop.run(cfg("language_model", tmp_path), tmp_path / "plain")
     with pytest.raises(SystemExit, match="without train.ema"):
         bench.score(tmp_path / "plain")
+
+
+def test_bench_scores_an_image_runs_average_as_the_run_did_and_its_raw_weights_as_training_without_it(
+        tmp_path, bench_script):
+    """bench/ema_raw_weights.py on an image run: the average's test accuracies at every TTA level are the run's
+    own, and the raw weights score what the same training without train.ema scores (the average is passive:
+    it changes nothing the optimiser sees)."""
+    bench = bench_script("ema_raw_weights")
+    over = {"train.precision": "fp32", "method.tta": 2, "train.epochs": 3}
+    res = loop.run(cfg("supervised", tmp_path, **{**over, "train.ema": 0.8}), tmp_path / "r")
+    plain = loop.run(cfg("supervised", tmp_path, **over), tmp_path / "plain")
+    s = bench.score(tmp_path / "r")
+    assert set(s["average"]) == {"test_acc", "test_acc_mirror", "test_acc_no_tta"}
+    assert all(s["average"][k] == res[k] for k in s["average"])
+    assert all(s["raw"][k] == plain[k] for k in s["raw"])
+    with pytest.raises(SystemExit, match="without train.ema"):
+        bench.score(tmp_path / "plain")
