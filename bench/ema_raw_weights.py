@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import torch
-
 from safetensors.torch import load_file
 
 from ablations import runtime
@@ -25,11 +24,12 @@ from ablations import rundir as rd
 from ablations.config import RunConfig, from_dict
 from ablations.generate import load_run
 from ablations.methods.language_model import REPORTED_SPLITS, reported_losses
+from ablations.methods.supervised import TTA_KEYS
 from ablations.registry import DATASETS, METHODS, load_plugins
 from ablations.study import ref_dirs
 
-# the image rows' columns: result.json's keys for the test accuracy at the run's TTA and below it
-IMAGE_KEYS = ("test_acc", "test_acc_mirror", "test_acc_no_tta")
+# the image rows' columns, as result.json names them: test_acc at the run's own TTA level, then the lower levels
+IMAGE_KEYS = ("test_acc", TTA_KEYS[1], TTA_KEYS[0])
 
 def _checked(run_dir: Path) -> RunConfig:
     """The config of a finished run trained with train.ema that exported its last weights' average."""
@@ -77,14 +77,14 @@ def score_image(run_dir: Path, cfg: RunConfig) -> dict[str, dict[str, float]]:
                         ("raw", rd.load_checkpoint(run_dir / rd.CHECKPOINT)["model"])):
         method.model.load_state_dict(state)
         _, _, _, accs = method.predict("test")
-        # accs[level] is the run's own test_acc; level 1 the mirror only, level 0 none (IMAGE_KEYS' order)
-        out[name] = {IMAGE_KEYS[level - lv]: accs[lv] for lv in range(level, -1, -1)}
+        # accs[level] is the run's own test_acc, the lower levels are named as in result.json
+        out[name] = {"test_acc" if lv == level else TTA_KEYS[lv]: a for lv, a in accs.items()}
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("runs", nargs="+", type=Path, help="finished language-model run directories (train.ema > 0)")
+    ap.add_argument("runs", nargs="+", type=Path, help="finished run directories (train.ema > 0): language-model or image runs")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
