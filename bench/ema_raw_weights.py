@@ -5,7 +5,9 @@ exactly as the run scores its final model. Both come from the same training, so 
 average's own effect, free of seed noise.
 - a language-model run: nats per character on validation, test and the last 10 %, in fp32;
 - an image run (supervised and its kind: a method with `predict`): test accuracy (%) with the run's own
-  test-time augmentation and at each lower level (mirror only, none), under the run's own precision.
+  test-time augmentation and at each lower level (mirror only, none), under the run's own precision, and
+  how many test images only one of the two gets right, with the exact McNemar test of that split: the
+  test set's sampling noise on the gain (not the seed spread: that takes more runs).
 
     ABLATIONS_DATA=../shared/datasets .venv/bin/python bench/ema_raw_weights.py RUN_DIR [RUN_DIR ...]
 
@@ -26,6 +28,7 @@ from ablations.generate import load_run
 from ablations.methods.language_model import REPORTED_SPLITS, reported_losses
 from ablations.methods.supervised import TTA_KEYS
 from ablations.registry import DATASETS, METHODS, load_plugins
+from ablations.report.stats import mcnemar_exact_p
 from ablations.study import ref_dirs
 
 # the image rows' columns, as result.json names them: test_acc at the run's own TTA level, then the lower levels
@@ -72,13 +75,18 @@ def score_image(run_dir: Path, cfg: RunConfig) -> dict[str, dict[str, float]]:
     method = method_cls(cfg, rt, run_dir, refs)
     method.train_mode(False)
     level = cfg.method.tta
-    out = {}
+    out, right = {}, {}
     for name, state in (("average", load_file(str(run_dir / rd.FINAL))),
                         ("raw", rd.load_checkpoint(run_dir / rd.CHECKPOINT)["model"])):
         method.model.load_state_dict(state)
-        _, _, _, accs = method.predict("test")
+        _, _, pred, accs = method.predict("test")
         # accs[level] is the run's own test_acc, the lower levels are named as in result.json
         out[name] = {"test_acc" if lv == level else TTA_KEYS[lv]: a for lv, a in accs.items()}
+        right[name] = pred == method.data.test_y.cpu()  # (n_test,) bool, at the run's own TTA level
+    # the test images only one of the two gets right: the paired test of test_acc's difference
+    b = int((right["average"] & ~right["raw"]).sum())
+    c = int((right["raw"] & ~right["average"]).sum())
+    out["paired"] = {"average_only": b, "raw_only": c, "p": mcnemar_exact_p(b, c)}
     return out
 
 
@@ -104,6 +112,10 @@ def main() -> None:
         sign = 1 if image else -1  # accuracy: higher is better; loss: lower
         print(f"| {run} | gain of the average | " + " | ".join(
             f"{sign * (s['average'][k] - s['raw'][k]):+.{2 if image else 5}f}" for k in cols) + " |")
+        if image:  # the test set's own noise on test_acc's gain (seed noise is another matter: more runs)
+            pr = s["paired"]
+            print(f"| {run} | right only with: average / raw (exact McNemar p) | {pr['average_only']} / "
+                  f"{pr['raw_only']} (p = {pr['p']:.2g}) |" + " |" * (len(cols) - 1))
 
 
 if __name__ == "__main__":

@@ -124,6 +124,18 @@ def test_bench_scores_an_image_runs_average_as_the_run_did_and_its_raw_weights_a
     # the run's own level is test_acc, each lower one under result.json's name for it
     assert set(s["average"]) == {"test_acc", *["test_acc_no_tta", "test_acc_mirror"][:tta]} <= set(res)
     assert all(s["average"][k] == res[k] for k in s["average"])
+    assert set(s["raw"]) == set(s["average"])
     assert all(s["raw"][k] == plain[k] for k in s["raw"])
+    # the discordant test images account for the whole gain: (b - c) / n_test in points
+    pr = s["paired"]
+    n_test = len(loop_test_labels(tmp_path / "r"))
+    assert (pr["average_only"] - pr["raw_only"]) * 100 / n_test == pytest.approx(
+        s["average"]["test_acc"] - s["raw"]["test_acc"])
+    assert 0 < pr["p"] <= 1
     with pytest.raises(SystemExit, match="without train.ema"):
         bench.score(tmp_path / "plain")
+
+
+def loop_test_labels(run_dir):
+    """The test labels a supervised run scored (its test_predictions.pt)."""
+    return torch.load(run_dir / "test_predictions.pt")["y"]

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ablations.report.stats import betainc, prediction_t, t_two_sided_p, verdict, welch
+from ablations.report.stats import betainc, mcnemar_exact_p, prediction_t, t_two_sided_p, verdict, welch
 
 
 @pytest.mark.parametrize("t, df, p", [
@@ -67,3 +67,17 @@ def test_verdicts_follow_the_project_rule():
     assert word == "not significant" and p > 0.05
     word, p = verdict([90.0, 90.1, 90.2, 90.1], [93.0, 93.1, 92.9, 93.0])
     assert word == "significant" and p < 1e-4
+
+
+@given(st.integers(0, 60), st.integers(0, 60))
+@settings(max_examples=200, deadline=None)
+def test_mcnemar_exact_p_is_the_doubled_binomial_tail_and_symmetric(b, c):
+    n, k = b + c, min(b, c)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n  # P(X <= k), X ~ Binomial(n, 1/2)
+    assert mcnemar_exact_p(b, c) == pytest.approx(min(1.0, 2 * tail), rel=1e-9, abs=1e-12)
+    assert mcnemar_exact_p(b, c) == mcnemar_exact_p(c, b)
+
+
+def test_mcnemar_exact_p_known_values():
+    assert mcnemar_exact_p(10, 0) == pytest.approx(2 * 0.5 ** 10)  # all ten discordant examples one way
+    assert mcnemar_exact_p(5, 5) == 1.0 and mcnemar_exact_p(0, 0) == 1.0

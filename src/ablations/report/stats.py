@@ -60,6 +60,18 @@ def t_two_sided_p(t: float, df: float) -> float:
     return betainc(df / 2.0, 0.5, df / (df + t * t))
 
 
+def mcnemar_exact_p(b: int, c: int) -> float:
+    """Two-sided exact McNemar test of two classifiers scored on the same examples: b examples only the first
+    gets right, c only the second. Under "equally accurate" each of the b + c discordant examples falls either
+    way with probability 1/2, so p = 2 P(X <= min(b, c)) for X ~ Binomial(b + c, 1/2), capped at 1. It measures
+    the test set's sampling noise for one pair of trained networks, not the seed-to-seed spread."""
+    n, k = b + c, min(b, c)
+    if n == 0:  # no discordant example: nothing tells them apart
+        return 1.0
+    # P(X <= k) = I_{1/2}(n - k, k + 1), the binomial tail as a regularised incomplete beta
+    return min(1.0, 2.0 * betainc(n - k, k + 1, 0.5))
+
+
 def welch(a: list[float], b: list[float]) -> tuple[float, float, float]:
     """(t, df, two-sided p) of Welch's unequal-variance t-test of mean(b) - mean(a); needs >= 2 values each."""
     na, nb = len(a), len(b)
