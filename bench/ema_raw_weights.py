@@ -26,13 +26,11 @@ from ablations import rundir as rd
 from ablations.config import RunConfig, from_dict
 from ablations.generate import load_run
 from ablations.methods.language_model import REPORTED_SPLITS, reported_losses
-from ablations.methods.supervised import TTA_KEYS
+from ablations.methods.supervised import tta_test_accs
 from ablations.registry import DATASETS, METHODS, load_plugins
 from ablations.report.stats import mcnemar_exact_p
 from ablations.study import ref_dirs
 
-# the image rows' columns, as result.json names them: test_acc at the run's own TTA level, then the lower levels
-IMAGE_KEYS = ("test_acc", TTA_KEYS[1], TTA_KEYS[0])
 
 def _checked(run_dir: Path) -> RunConfig:
     """The config of a finished run trained with train.ema that exported its last weights' average."""
@@ -49,7 +47,8 @@ def _checked(run_dir: Path) -> RunConfig:
 
 def score(run_dir: Path) -> dict[str, dict[str, float]]:
     """{"average": {column: value}, "raw": {...}} for one finished run with train.ema: nats/char per split
-    for a language model, IMAGE_KEYS accuracies (%) for an image run."""
+    for a language model, test accuracies (%) at each TTA level for an image run (plus "paired": the test
+    images only one of the two gets right)."""
     cfg = _checked(run_dir)
     if cfg.method.name != "language_model":
         return score_image(run_dir, cfg)
@@ -74,14 +73,12 @@ def score_image(run_dir: Path, cfg: RunConfig) -> dict[str, dict[str, float]]:
     rt = runtime.setup(cfg.train, cfg.seed)
     method = method_cls(cfg, rt, run_dir, refs)
     method.train_mode(False)
-    level = cfg.method.tta
     out, right = {}, {}
     for name, state in (("average", load_file(str(run_dir / rd.FINAL))),
                         ("raw", rd.load_checkpoint(run_dir / rd.CHECKPOINT)["model"])):
         method.model.load_state_dict(state)
         _, _, pred, accs = method.predict("test")
-        # accs[level] is the run's own test_acc, the lower levels are named as in result.json
-        out[name] = {"test_acc" if lv == level else TTA_KEYS[lv]: a for lv, a in accs.items()}
+        out[name] = tta_test_accs(accs)  # named as in result.json
         right[name] = pred == method.data.test_y.cpu()  # (n_test,) bool, at the run's own TTA level
     # the test images only one of the two gets right: the paired test of test_acc's difference
     b = int((right["average"] & ~right["raw"]).sum())
@@ -102,7 +99,7 @@ def main() -> None:
     for run in a.runs:
         s = score(run)
         image = "test_acc" in s["average"]
-        cols = [k for k in IMAGE_KEYS if k in s["average"]] if image else list(REPORTED_SPLITS)
+        cols = list(s["average"]) if image else list(REPORTED_SPLITS)  # image: test_acc, then the lower levels
         if head != cols:  # a language-model and an image run need tables of their own
             unit = "test accuracy, %" if image else "nats per character, fp32"
             print(f"\n{unit}\n\n| run | weights | " + " | ".join(cols) + " |\n|---|---|" + "---|" * len(cols))

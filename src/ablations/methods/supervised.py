@@ -413,7 +413,7 @@ class Supervised(Method):
             loss, acc, pred, accs = self.predict("test")
             out.update(test_loss=loss, test_acc=acc, test_time_s=time.perf_counter() - t0)  # with its TTA
             # the lower TTA levels from the same forward passes (report section "tta")
-            out.update({TTA_KEYS[lv]: a for lv, a in accs.items() if lv < len(accs) - 1})
+            out.update(tta_test_accs(accs))
             y = d.test_y.cpu()
             wrong = (y != pred).nonzero().flatten()
             # up to 24 misclassified images, spread evenly over the wrong ones (they are ordered by class),
@@ -426,6 +426,13 @@ class Supervised(Method):
 
 # result keys of the test accuracy at the TTA levels below a run's own (its own is test_acc)
 TTA_KEYS = {0: "test_acc_no_tta", 1: "test_acc_mirror"}
+
+
+def tta_test_accs(accs: dict[int, float]) -> dict[str, float]:
+    """predict()'s {level: accuracy} under result.json's names: test_acc for the run's own (highest) level, then
+    the lower levels from high to low (test_acc_mirror, test_acc_no_tta)."""
+    top = max(accs)
+    return {"test_acc": accs[top], **{TTA_KEYS[lv]: accs[lv] for lv in sorted(accs, reverse=True) if lv < top}}
 NOISE_PROBE = 1000  # training examples per group (clean / corrupted) in the label-noise fit curves
 
 
