@@ -321,9 +321,10 @@ def test_tta_report_section_pairs_each_run_with_itself(tmp_path):
     assert "Over all 4 runs with TTA mirror + 1 px shifts (6 views): +0.80 ± " in md
 
 
-def test_newton_schulz_maps_singular_values_by_its_polynomial():
+@pytest.mark.parametrize("dtype, atol", [(torch.bfloat16, 0.03), (torch.float32, 1e-5)])
+def test_newton_schulz_maps_singular_values_by_its_polynomial(dtype, atol):
     # NS(g) = U p(S / |g|_F) V^T: the singular vectors are g's, each singular value goes through the quintic
-    # p(x) = a x + b x^3 + c x^5 three times (bf16 arithmetic inside: a loose tolerance)
+    # p(x) = a x + b x^3 + c x^5 three times (bf16 arithmetic inside: a loose tolerance; fp32: a tight one)
     from ablations.optimizers.muon import newton_schulz
 
     g = torch.randn(6, 20, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -333,10 +334,26 @@ def test_newton_schulz_maps_singular_values_by_its_polynomial():
         x = 3.4445 * x - 4.7750 * x ** 3 + 2.0315 * x ** 5
     expected = u @ torch.diag(x) @ vt
     for m, e in ((g, expected), (g.T, expected.T)):  # wide and tall
-        out = newton_schulz(m)
+        out = newton_schulz(m, dtype=dtype)
         assert out.shape == m.shape and out.dtype == m.dtype
-        assert torch.allclose(out, e, atol=0.03), (out - e).abs().max()
+        assert torch.allclose(out, e, atol=atol), (out - e).abs().max()
     assert 0.3 < float(x.min()) and float(x.max()) < 1.6  # roughly orthogonal, as the method intends
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_newton_schulz_runs_in_bf16_only_where_the_cpu_multiplies_bf16_natively(monkeypatch, native_bf16):
+    from ablations.optimizers import muon
+
+    monkeypatch.setattr(muon, "cpu_has_bf16", lambda: native_bf16)
+    muon.ns_dtype.cache_clear()
+    try:
+        assert muon.ns_dtype("cpu") == (torch.bfloat16 if native_bf16 else torch.float32)
+        assert muon.ns_dtype("cuda") == torch.bfloat16
+        g = torch.randn(4, 9, generator=torch.Generator().manual_seed(0))
+        want = muon.newton_schulz(g, dtype=torch.bfloat16 if native_bf16 else torch.float32)
+        assert torch.equal(muon.newton_schulz(g), want)  # the default is the device's dtype
+    finally:
+        muon.ns_dtype.cache_clear()  # the next test sees this machine's own answer
 
 
 def test_muon_step_by_hand():

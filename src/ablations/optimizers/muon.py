@@ -2,18 +2,33 @@
 SGD for everything else, in one optimiser (one state_dict, one lr schedule)."""
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ..config import OptimConfig
 from ..registry import OPTIMIZERS
+from ..runtime import cpu_has_bf16
 
 
-def newton_schulz(g: torch.Tensor, steps: int = 3, eps: float = 1e-7) -> torch.Tensor:
+@functools.lru_cache(maxsize=None)
+def ns_dtype(device_type: str) -> torch.dtype:
+    """The dtype of the Newton-Schulz matmuls: bf16 (airbench94_muon's, for speed) where the hardware multiplies
+    bf16 natively (CUDA; CPUs with AVX512-BF16 or AMX), fp32 elsewhere: on an AVX2-only CPU a bf16 matmul is
+    emulated and slower than fp32 (bench/results/muon_ns_avx2.md)."""
+    if device_type == "cpu":
+        return torch.bfloat16 if cpu_has_bf16() else torch.float32
+    return torch.bfloat16
+
+
+def newton_schulz(g: torch.Tensor, steps: int = 3, eps: float = 1e-7,
+                  dtype: torch.dtype | None = None) -> torch.Tensor:
     """Approximately orthogonalise a (rows, cols) matrix: U S' V^T with S' ~ 0.5-1.5 in place of the singular values
     of g = U S V^T (Keller Jordan's quintic Newton-Schulz iteration, coefficients chosen for the steepest slope at
-    0; airbench94_muon uses 3 steps in bf16). The result has g's shape; its spectral norm is about 1."""
+    0; airbench94_muon uses 3 steps in bf16). Arithmetic in `dtype` (default: ns_dtype of g's device). The result
+    has g's shape and dtype; its spectral norm is about 1."""
     a, b, c = 3.4445, -4.7750, 2.0315
-    x = g.bfloat16()
+    x = g.to(dtype or ns_dtype(g.device.type))
     x = x / (x.norm() + eps)  # Frobenius norm >= spectral norm: every singular value starts <= 1
     tall = g.size(0) > g.size(1)
     if tall:
