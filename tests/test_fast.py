@@ -356,6 +356,29 @@ def test_newton_schulz_runs_in_bf16_only_where_the_cpu_multiplies_bf16_natively(
         muon.ns_dtype.cache_clear()  # the next test sees this machine's own answer
 
 
+def test_bench_muon_ns_times_both_dtypes_per_round(tmp_path, bench_script, monkeypatch):
+    """bench/muon_ns.py on the smoke network: a row per round with both dtypes' NS and step times, the
+    filters it orthogonalises named by shape, and a second run appending its own section."""
+    bench = bench_script("muon_ns")
+    out = tmp_path / "ns.md"
+    argv = ["muon_ns.py", "--preset", "smoke", "--rounds", "2", "--reps", "1", "--steps", "1", "--batch", "4",
+            "--res", "16", "--threads", "1", "--out", str(out)]
+    monkeypatch.setattr("sys.argv", argv)
+    ns_dtype = bench.muon.ns_dtype
+    bench.main()
+    bench.main()
+    assert bench.muon.ns_dtype is ns_dtype  # the optimiser's own choice is back after each step timing
+    md = out.read_text()
+    assert md.count("# Muon's Newton-Schulz step") == 1 and md.count("\n## ") == 2
+    cfg = next(c for c in get_study("cifar10-fast").resolve("smoke", ["muon_fast"]) if c.variant == "muon_fast")
+    net = AirNet(cfg.model, 10)
+    shapes = ", ".join(f"{len(p)}x{p[0].numel()}" for p in net.parameters() if p.ndim >= 3 and p.requires_grad)
+    assert f"filters ({shapes})" in md
+    rows = [ln for ln in md.splitlines() if re.match(r"\| [12] \|", ln)]
+    assert len(rows) == 4 and all(len(r.split("|")) == 7 for r in rows)
+    assert "NS bf16 / fp32: median" in md and "of its step" in md
+
+
 def test_muon_step_by_hand():
     from ablations.optimizers.muon import newton_schulz
 
