@@ -40,12 +40,17 @@ def ns_seconds(mats: list[torch.Tensor], dtype: torch.dtype, reps: int) -> float
     return statistics.median(times[1:])
 
 
-def step_seconds(cfg, dtype: torch.dtype, batch: int, res: int, steps: int) -> float:
-    """Seconds per training step (forward, backward, Muon step with its NS in `dtype`), the median of steps."""
+def muon_filters(net: nn.Module, opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The parameters the optimiser's Muon groups orthogonalise (the conv filters): its own split, not a copy."""
+    return [p for g in opt.param_groups if g["muon"] for p in g["params"]]
+
+
+def step_seconds(cfg, amp, dtype: torch.dtype, batch: int, res: int, steps: int) -> float:
+    """Seconds per training step (forward, backward, Muon step with its NS in `dtype`) under autocast `amp`
+    (None: fp32), the median of steps."""
     torch.manual_seed(0)
     net = AirNet(cfg.model, 10).to(memory_format=torch.channels_last)
     opt = build_optimizer(cfg.optim, net)
-    amp = runtime.amp_dtype(cfg.train, torch.device("cpu"))
     x = torch.randn(batch, 3, res, res).to(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,))
     saved = muon.ns_dtype
@@ -83,8 +88,9 @@ def main() -> None:
     if cfg.optim.name != "muon":
         raise SystemExit(f"bench/muon_ns.py: {a.study} {a.variant} trains with optim.name={cfg.optim.name}, not muon")
     net = AirNet(cfg.model, 10)
-    # the matrices Muon orthogonalises: each conv filter as (out, in * kh * kw), as Muon.step reshapes it
-    mats = [torch.randn(len(p), p[0].numel()) for p in net.parameters() if p.ndim >= 3 and p.requires_grad]
+    # the matrices Muon orthogonalises: each filter of its groups as (out, in * kh * kw), as Muon.step reshapes it
+    mats = [torch.randn(len(p), p[0].numel()) for p in muon_filters(net, build_optimizer(cfg.optim, net))]
+    amp = runtime.amp_dtype(cfg.train, torch.device("cpu"))
     dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
     rows = []
     for r in range(a.rounds):
@@ -93,12 +99,11 @@ def main() -> None:
         for name in order:
             row[f"ns_{name}"] = ns_seconds(mats, dtypes[name], a.reps)
             if a.steps:
-                row[f"step_{name}"] = step_seconds(cfg, dtypes[name], a.batch, a.res, a.steps)
+                row[f"step_{name}"] = step_seconds(cfg, amp, dtypes[name], a.batch, a.res, a.steps)
             print(f"round {r + 1} {name}: NS {1e3 * row[f'ns_{name}']:.1f} ms"
                   + (f", training step {row[f'step_{name}']:.2f} s" if a.steps else ""), flush=True)
         rows.append(row)
 
-    amp = runtime.amp_dtype(cfg.train, torch.device("cpu"))
     shapes = ", ".join(f"{m.shape[0]}x{m.shape[1]}" for m in mats)
     cmd = "python bench/muon_ns.py " + " ".join(f"--{k} {v}" for k, v in (
         ("rounds", a.rounds), ("batch", a.batch), ("res", a.res), ("steps", a.steps)))

@@ -433,6 +433,8 @@ def tta_test_accs(accs: dict[int, float]) -> dict[str, float]:
     the lower levels from high to low (test_acc_mirror, test_acc_no_tta)."""
     top = max(accs)
     return {"test_acc": accs[top], **{TTA_KEYS[lv]: accs[lv] for lv in sorted(accs, reverse=True) if lv < top}}
+
+
 NOISE_PROBE = 1000  # training examples per group (clean / corrupted) in the label-noise fit curves
 
 
