@@ -147,3 +147,23 @@ def test_study_report_has_the_coreset_section(tmp_path, tiny_study):
     # the study's data line describes the reference variant's (the whole set's) splits, not a core-set's
     data_line = next(line for line in md.splitlines() if line.startswith("- Data:"))
     assert "core-set" not in data_line and "train: 256 of the 320" in data_line, data_line
+
+
+def test_scoring_examples_leaves_the_training_unchanged(tmp_path):
+    """cifar10-coreset's `oracle` is the whole-set run plus scores: its accuracy stands for the whole set's only if
+    counting forgetting events and the EL2N pass (no gradient, no random draw) change nothing in the training."""
+    from safetensors.torch import load_file
+
+    from ablations.study import get_study
+
+    st = get_study("cifar10-coreset")
+    sets = {"data.name": "synthetic", "data.n_train": 96, "data.n_test": 32, "data.limit": 0, "data.limit_eval": 0,
+            "train.batch_size": 32, "train.threads": 1, "method.el2n_epoch": 1}
+    out = {}
+    for v in ("whole", "oracle"):
+        (cfg,) = st.resolve("smoke", [v], seeds=1, sets=sets)
+        out[v] = loop.run(cfg, tmp_path / v)
+    assert (tmp_path / "oracle" / rd.SCORES).exists() and not (tmp_path / "whole" / rd.SCORES).exists()
+    assert out["oracle"]["test_acc"] == out["whole"]["test_acc"]
+    a, b = (load_file(str(tmp_path / v / rd.FINAL)) for v in ("whole", "oracle"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
