@@ -167,3 +167,21 @@ def test_scoring_examples_leaves_the_training_unchanged(tmp_path):
     assert out["oracle"]["test_acc"] == out["whole"]["test_acc"]
     a, b = (load_file(str(tmp_path / v / rd.FINAL)) for v in ("whole", "oracle"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_el2n_at_the_last_epoch_comes_from_the_final_scoring_pass(tmp_path, monkeypatch):
+    """EL2N asked for at (or after) the last epoch is the final model's, from the one pass over the training set
+    that gives the other scores: the same values as asking for it after training, and no second pass."""
+    from ablations.methods import supervised
+
+    calls = []
+    orig = supervised.Supervised._train_logits
+    monkeypatch.setattr(supervised.Supervised, "_train_logits", lambda self, idx=None: calls.append(1) or orig(self, idx))
+    el2n = {}
+    for e in (2, 5):
+        calls.clear()
+        loop.run(_cfg(f"p{e}", **{"method.score_examples": True, "method.el2n_epoch": e, "train.epochs": 2}),
+                 tmp_path / f"p{e}")
+        el2n[e] = torch.load(tmp_path / f"p{e}" / rd.SCORES)["el2n"]
+        assert len(calls) == 1, (e, len(calls))
+    assert torch.equal(el2n[2], el2n[5])
