@@ -176,7 +176,8 @@ def test_el2n_at_the_last_epoch_comes_from_the_final_scoring_pass(tmp_path, monk
 
     calls = []
     orig = supervised.Supervised._train_logits
-    monkeypatch.setattr(supervised.Supervised, "_train_logits", lambda self, idx=None: calls.append(1) or orig(self, idx))
+    monkeypatch.setattr(supervised.Supervised, "_train_logits",
+                        lambda self, idx=None: calls.append(1) or orig(self, idx))
     el2n = {}
     for e in (2, 5):
         calls.clear()

@@ -387,7 +387,7 @@ class Supervised(Method):
         self.train_mode(False)
         out = {}
         # early in training; at the last epoch the final scoring pass gives it: a pass over the 50,000 training
-        # images costs ~3 s of a ~26 s 2-epoch quarter-width proxy (2-core AMX Xeon, bf16, 2026-12-07)
+        # images took ~3 s, a whole 2-epoch quarter-width proxy 20 s (2-core AMX Xeon, bf16, 2026-12-07)
         if (split == "val" and self.forget is not None and self.epoch == self.cfg.method.el2n_epoch
                 and self.epoch < self.cfg.train.epochs):
             self.forget["el2n"] = self._el2n(F.softmax(self._train_logits(), 1))
