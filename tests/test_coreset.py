@@ -6,6 +6,8 @@ import re
 
 import pytest
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from ablations import loop
 from ablations import rundir as rd
@@ -56,6 +58,24 @@ def test_scored_coreset_keeps_the_highest_scores_after_the_limit():
                     {"index": torch.tensor([999]), "el2n": torch.tensor([1.0])}, "runs/proxy")
 
 
+@given(keep=st.floats(0.05, 0.9), skip=st.floats(0.0, 0.5), seed=st.integers(0, 9))
+@settings(max_examples=40, deadline=None)
+def test_coreset_skip_keeps_the_ranks_after_the_skipped_top(keep, skip, seed):
+    """With distinct scores the kept set is exactly the examples ranked round(skip n) .. round(skip n) + round(keep n)
+    - 1 by descending score: the hardest round(skip n) are left out, nothing else changes."""
+    assume(keep + skip <= 1)
+    n = 50
+    full = make_splits(_raw(), _data(limit=n), seed)
+    pool = full.train_index
+    score = torch.randperm(100, generator=torch.Generator().manual_seed(seed)).double()  # distinct
+    scores = {"index": pool, "margin": score[pool]}
+    cfg = _data(limit=n, coreset_keep=keep, coreset_score="margin", coreset_proxy="proxy", coreset_skip=skip)
+    kept = make_splits(_raw(), cfg, seed, scores, "runs/proxy").train_index
+    s, k = int(round(skip * n)), max(1, int(round(keep * n)))
+    ranked = pool[score[pool].argsort(descending=True)]
+    assert torch.equal(kept, ranked[s:s + k].sort().values)
+
+
 @pytest.mark.parametrize("score", ["el2n", "random"])
 def test_per_class_coreset_keeps_the_share_within_each_class(score):
     """coreset_per_class: each class keeps round(keep * its count) of its own pool examples, the highest-scoring
@@ -86,6 +106,10 @@ def test_per_class_coreset_keeps_the_share_within_each_class(score):
 @pytest.mark.parametrize("over,words", [
     ({"coreset_keep": 0.0}, "data.coreset_keep"),
     ({"coreset_keep": 0.5}, "coreset_score=least_confidence ranks by a proxy run's scores"),
+    ({"coreset_skip": 0.1}, "data.coreset_skip: leaves out the highest proxy scores of a core-set"),
+    ({"coreset_keep": 0.6, "coreset_score": "random", "coreset_skip": 0.1}, "coreset_score=random"),
+    ({"coreset_keep": 0.95, "coreset_proxy": "p", "coreset_skip": 0.1}, "must be <= 1, got 0.95 + 0.1"),
+    ({"coreset_keep": 0.5, "coreset_proxy": "p", "coreset_skip": 1.0}, "data.coreset_skip"),
 ])
 def test_bad_coreset_config_names_the_key(over, words):
     with pytest.raises(ConfigError, match=re.escape(words)):

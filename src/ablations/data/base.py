@@ -45,6 +45,9 @@ class ImageDataConfig(DataConfig):
                                 "method.score_examples); it runs first, same seed")
     coreset_per_class: bool = opt(False, "keep the share within each class (the highest scores of each class) "
                                   "rather than the highest scores overall, which keep more of the hard classes")
+    coreset_skip: float = opt(0.0, "share of the training pool with the very highest proxy scores left out before "
+                              "the kept share is taken (the hardest images are often ambiguous or mislabelled)",
+                              ge=0, lt=1)
     aug: dict = opt(factory=dict, doc="augmentation pipelines by role, batched on the training device, e.g. "
                     "{train: [flip, {translate: 4}], strong: [randaugment]}; see `ablations list` for the names")
 
@@ -61,6 +64,13 @@ class ImageDataConfig(DataConfig):
         if self.coreset_keep < 1 and self.coreset_score != "random" and not self.coreset_proxy:
             raise FieldError("coreset_proxy", f"coreset_score={self.coreset_score} ranks by a proxy run's scores: "
                              "name the proxy variant (or use coreset_score=random)")
+        if self.coreset_skip > 0 and (self.coreset_keep >= 1 or self.coreset_score == "random"):
+            raise FieldError("coreset_skip", "leaves out the highest proxy scores of a core-set: it needs "
+                             f"coreset_keep < 1 and a proxy score, got coreset_keep={self.coreset_keep}, "
+                             f"coreset_score={self.coreset_score}")
+        if self.coreset_keep + self.coreset_skip > 1:
+            raise FieldError("coreset_skip", f"coreset_keep + coreset_skip must be <= 1, got {self.coreset_keep} + "
+                             f"{self.coreset_skip}")
         if self.noise_map and self.noise_kind != "asymmetric":
             raise FieldError("noise_map", "a class map is for noise_kind=asymmetric (symmetric noise draws the "
                              "wrong class uniformly)")

@@ -292,7 +292,8 @@ def _pct(r: float) -> str:
 def coreset_pool(pool: torch.Tensor, cfg: ImageDataConfig, seed: int, scores: Optional[dict],
                  where: str = "", labels: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The kept round(coreset_keep * len(pool)) training indices of `pool` (sorted): at random (seeded), or
-    those with the highest proxy score (ties broken at random, seeded). `scores`: the proxy's scores.pt ({"index": train-split
+    those with the highest proxy score after the round(coreset_skip * len(pool)) highest (ties broken at random,
+    seeded). `scores`: the proxy's scores.pt ({"index": train-split
     indices it scored, score name: values}); every pool example must have a score. With coreset_per_class,
     each class keeps round(coreset_keep * its count) of its own examples, chosen the same way (`labels`: the
     train split's labels)."""
@@ -318,9 +319,10 @@ def coreset_pool(pool: torch.Tensor, cfg: ImageDataConfig, seed: int, scores: Op
                           f"{len(pool)} training examples (e.g. not index {int(missing[0])}): it must train on the "
                           "same pool (same seed, val_fraction, subset and limit)")
     # highest score first; ties (a short proxy's forgetting counts are mostly 0 or 1) broken at random, seeded:
-    # by index they would favour the first classes of a class-sorted dataset
+    # by index they would favour the first classes of a class-sorted dataset; coreset_skip leaves out the top
+    skip = int(round(cfg.coreset_skip * len(pool)))
     shuffle = torch.randperm(len(pool), generator=_gen(seed, STREAM_CORESET))
-    order = shuffle[torch.sort(-s[shuffle], stable=True).indices[:k]]
+    order = shuffle[torch.sort(-s[shuffle], stable=True).indices[skip:skip + k]]
     return pool[order].sort().values
 
 
@@ -400,6 +402,7 @@ def make_splits(raw: RawData, cfg: ImageDataConfig, seed: int, scores: Optional[
     if cfg.coreset_keep < 1:
         how = (f"at random (seed {seed})" if cfg.coreset_score == "random"
                else f"with the highest {cfg.coreset_score} score of the proxy run {cfg.coreset_proxy}")
+        how += f" after the highest {_pct(cfg.coreset_skip)}" if cfg.coreset_skip else ""
         how += ", that share of each class" if cfg.coreset_per_class else ""
         lim += f", a core-set: {n_kept} of those {n_limited} ({_pct(cfg.coreset_keep)}) {how}"
     lab = f", {labeled_how} labeled (seed {seed})" if labeled_how else ""
