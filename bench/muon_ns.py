@@ -40,7 +40,7 @@ def ns_seconds(mats: list[torch.Tensor], dtype: torch.dtype, reps: int) -> float
     return statistics.median(times[1:])
 
 
-def muon_filters(net: nn.Module, opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+def muon_filters(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
     """The parameters the optimiser's Muon groups orthogonalise (the conv filters): its own split, not a copy."""
     return [p for g in opt.param_groups if g["muon"] for p in g["params"]]
 
@@ -89,7 +89,7 @@ def main() -> None:
         raise SystemExit(f"bench/muon_ns.py: {a.study} {a.variant} trains with optim.name={cfg.optim.name}, not muon")
     net = AirNet(cfg.model, 10)
     # the matrices Muon orthogonalises: each filter of its groups as (out, in * kh * kw), as Muon.step reshapes it
-    mats = [torch.randn(len(p), p[0].numel()) for p in muon_filters(net, build_optimizer(cfg.optim, net))]
+    mats = [torch.randn(len(p), p[0].numel()) for p in muon_filters(build_optimizer(cfg.optim, net))]
     amp = runtime.amp_dtype(cfg.train, torch.device("cpu"))
     dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
     rows = []

@@ -372,7 +372,7 @@ def test_bench_muon_ns_times_both_dtypes_per_round(tmp_path, bench_script, monke
     assert md.count("# Muon's Newton-Schulz step") == 1 and md.count("\n## ") == 2
     cfg = next(c for c in get_study("cifar10-fast").resolve("smoke", ["muon_fast"]) if c.variant == "muon_fast")
     net = AirNet(cfg.model, 10)
-    filters = bench.muon_filters(net, build_optimizer(cfg.optim, net))
+    filters = bench.muon_filters(build_optimizer(cfg.optim, net))
     assert {id(p) for p in filters} == {id(p) for p in net.parameters() if p.ndim == 4 and p.requires_grad}
     assert f"filters ({', '.join(f'{len(p)}x{p[0].numel()}' for p in filters)})" in md
     rows = [ln for ln in md.splitlines() if re.match(r"\| [12] \|", ln)]
