@@ -76,6 +76,49 @@ def test_coreset_skip_keeps_the_ranks_after_the_skipped_top(keep, skip, seed):
     assert torch.equal(kept, ranked[s:s + k].sort().values)
 
 
+@given(keep=st.floats(0.05, 0.9), mix=st.floats(0.0, 0.9), skip=st.floats(0.0, 0.3), seed=st.integers(0, 9))
+@settings(max_examples=40, deadline=None)
+def test_coreset_random_mixes_a_seeded_share_of_the_rest_into_the_hardest(keep, mix, skip, seed):
+    """coreset_random = r: the kept set is the round(keep n) - round(r n) hardest after the skipped top, plus
+    round(r n) drawn without replacement from the ranks below them (never the skipped top), the same draw for
+    the same seed; r = 0 keeps exactly the ranks of coreset_skip alone."""
+    assume(keep + skip <= 1 and mix < keep)
+    n = 50
+    pool = make_splits(_raw(), _data(limit=n), seed).train_index
+    score = torch.randperm(100, generator=torch.Generator().manual_seed(seed)).double()  # distinct
+    scores = {"index": pool, "margin": score[pool]}
+
+    def kept(r, s=seed):
+        cfg = _data(limit=n, coreset_keep=keep, coreset_score="margin", coreset_proxy="proxy", coreset_skip=skip,
+                    coreset_random=r)
+        return make_splits(_raw(), cfg, s, scores, "runs/proxy").train_index
+
+    a = kept(mix)
+    s_, k = int(round(skip * n)), max(1, int(round(keep * n)))
+    r = min(int(round(mix * n)), k - 1)
+    ranked = pool[score[pool].argsort(descending=True)]
+    assert len(a) == k and len(a.unique()) == k
+    assert set(ranked[s_:s_ + k - r].tolist()) <= set(a.tolist())  # the hardest part
+    assert set(a.tolist()) - set(ranked[s_:s_ + k - r].tolist()) <= set(ranked[s_ + k - r:].tolist())  # rest
+    assert torch.equal(a, kept(mix))  # seeded
+    assert torch.equal(kept(0.0), ranked[s_:s_ + k].sort().values)
+
+
+def test_coreset_random_draws_differ_by_seed_and_are_described():
+    raw = _raw(200)
+    base = make_splits(raw, _data(), 0)
+    pool = base.train_index
+    scores = {"index": pool, "margin": torch.arange(200, dtype=torch.float64)[pool]}
+    cfg = _data(coreset_keep=0.5, coreset_score="margin", coreset_proxy="proxy", coreset_random=0.25)
+    a, b = (make_splits(raw, cfg, s, scores, "runs/proxy") for s in (0, 0))
+    assert torch.equal(a.train_index, b.train_index)
+    # the random quarter comes from the easier half: the lowest-scoring kept example is below the hard quarter
+    kept_scores = scores["margin"][torch.searchsorted(pool, a.train_index)]
+    assert int((kept_scores >= scores["margin"].quantile(0.75)).sum()) >= round(0.25 * len(pool))
+    assert float(kept_scores.min()) < float(scores["margin"].quantile(0.5))
+    assert "(25% of the pool of them drawn instead at random (seed 0) from the lower-scored rest)" in a.splits["train"]
+
+
 @pytest.mark.parametrize("score", ["el2n", "random"])
 def test_per_class_coreset_keeps_the_share_within_each_class(score):
     """coreset_per_class: each class keeps round(keep * its count) of its own pool examples, the highest-scoring
@@ -110,6 +153,10 @@ def test_per_class_coreset_keeps_the_share_within_each_class(score):
     ({"coreset_keep": 0.6, "coreset_score": "random", "coreset_skip": 0.1}, "coreset_score=random"),
     ({"coreset_keep": 0.95, "coreset_proxy": "p", "coreset_skip": 0.1}, "must be <= 1, got 0.95 + 0.1"),
     ({"coreset_keep": 0.5, "coreset_proxy": "p", "coreset_skip": 1.0}, "data.coreset_skip"),
+    ({"coreset_random": 0.1}, "data.coreset_random: mixes random examples into a proxy-scored core-set"),
+    ({"coreset_keep": 0.6, "coreset_score": "random", "coreset_random": 0.1}, "coreset_score=random"),
+    ({"coreset_keep": 0.3, "coreset_proxy": "p", "coreset_random": 0.3}, "must be below coreset_keep (0.3), got 0.3"),
+    ({"coreset_keep": 0.6, "coreset_proxy": "p", "coreset_random": -0.1}, "data.coreset_random"),
 ])
 def test_bad_coreset_config_names_the_key(over, words):
     with pytest.raises(ConfigError, match=re.escape(words)):

@@ -48,6 +48,10 @@ class ImageDataConfig(DataConfig):
     coreset_skip: float = opt(0.0, "share of the training pool with the very highest proxy scores left out before "
                               "the kept share is taken (the hardest images are often ambiguous or mislabelled)",
                               ge=0, lt=1)
+    coreset_random: float = opt(0.0, "share of the training pool kept at random (seeded) from the examples the "
+                                "proxy's ranking leaves out, in place of as many of the hardest: coreset_keep = "
+                                "0.6 with 0.1 keeps the 50 % hardest and a random tenth of the pool from the easier "
+                                "rest (typical examples mixed into the hard ones)", ge=0, lt=1)
     aug: dict = opt(factory=dict, doc="augmentation pipelines by role, batched on the training device, e.g. "
                     "{train: [flip, {translate: 4}], strong: [randaugment]}; see `ablations list` for the names")
 
@@ -68,6 +72,13 @@ class ImageDataConfig(DataConfig):
             raise FieldError("coreset_skip", "leaves out the highest proxy scores of a core-set: it needs "
                              f"coreset_keep < 1 and a proxy score, got coreset_keep={self.coreset_keep}, "
                              f"coreset_score={self.coreset_score}")
+        if self.coreset_random > 0 and (self.coreset_keep >= 1 or self.coreset_score == "random"):
+            raise FieldError("coreset_random", "mixes random examples into a proxy-scored core-set: it needs "
+                             f"coreset_keep < 1 and a proxy score, got coreset_keep={self.coreset_keep}, "
+                             f"coreset_score={self.coreset_score}")
+        if self.coreset_random >= self.coreset_keep:
+            raise FieldError("coreset_random", f"must be below coreset_keep ({self.coreset_keep}), got "
+                             f"{self.coreset_random} (an all-random core-set is coreset_score=random)")
         if self.coreset_keep + self.coreset_skip > 1:
             raise FieldError("coreset_skip", f"coreset_keep + coreset_skip must be <= 1, got {self.coreset_keep} + "
                              f"{self.coreset_skip}")

@@ -293,8 +293,9 @@ def coreset_pool(pool: torch.Tensor, cfg: ImageDataConfig, seed: int, scores: Op
                  where: str = "", labels: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The kept round(coreset_keep * len(pool)) training indices of `pool` (sorted): at random (seeded), or
     those with the highest proxy score after the round(coreset_skip * len(pool)) highest (ties broken at random,
-    seeded). `scores`: the proxy's scores.pt ({"index": train-split
-    indices it scored, score name: values}); every pool example must have a score. With coreset_per_class,
+    seeded), of which round(coreset_random * len(pool)) are instead drawn at random (seeded) from the lower rest.
+    `scores`: the proxy's scores.pt ({"index": train-split indices it scored, score name: values}); every pool
+    example must have a score. With coreset_per_class,
     each class keeps round(coreset_keep * its count) of its own examples, chosen the same way (`labels`: the
     train split's labels)."""
     if cfg.coreset_per_class:
@@ -321,8 +322,13 @@ def coreset_pool(pool: torch.Tensor, cfg: ImageDataConfig, seed: int, scores: Op
     # highest score first; ties (a short proxy's forgetting counts are mostly 0 or 1) broken at random, seeded:
     # by index they would favour the first classes of a class-sorted dataset; coreset_skip leaves out the top
     skip = int(round(cfg.coreset_skip * len(pool)))
-    shuffle = torch.randperm(len(pool), generator=_gen(seed, STREAM_CORESET))
-    order = shuffle[torch.sort(-s[shuffle], stable=True).indices[skip:skip + k]]
+    g = _gen(seed, STREAM_CORESET)
+    shuffle = torch.randperm(len(pool), generator=g)
+    ranked = shuffle[torch.sort(-s[shuffle], stable=True).indices]  # positions in pool, hardest first
+    # coreset_random: that share of the pool comes at random from below the hard part (the skipped top stays out)
+    n_rand = min(int(round(cfg.coreset_random * len(pool))), k - 1)
+    hard, rest = ranked[skip:skip + k - n_rand], ranked[skip + k - n_rand:]
+    order = torch.cat([hard, rest[torch.randperm(len(rest), generator=g)[:n_rand]]])
     return pool[order].sort().values
 
 
@@ -403,6 +409,9 @@ def make_splits(raw: RawData, cfg: ImageDataConfig, seed: int, scores: Optional[
         how = (f"at random (seed {seed})" if cfg.coreset_score == "random"
                else f"with the highest {cfg.coreset_score} score of the proxy run {cfg.coreset_proxy}")
         how += f" after the highest {_pct(cfg.coreset_skip)}" if cfg.coreset_skip else ""
+        how += (f" ({_pct(cfg.coreset_random)} of the pool of them drawn instead at random (seed {seed}) from the "
+                "lower-scored rest)"
+                if cfg.coreset_random else "")
         how += ", that share of each class" if cfg.coreset_per_class else ""
         lim += f", a core-set: {n_kept} of those {n_limited} ({_pct(cfg.coreset_keep)}) {how}"
     lab = f", {labeled_how} labeled (seed {seed})" if labeled_how else ""
