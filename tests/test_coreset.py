@@ -105,17 +105,18 @@ def test_coreset_random_mixes_a_seeded_share_of_the_rest_into_the_hardest(keep, 
 
 
 def test_coreset_random_draws_differ_by_seed_and_are_described():
+    """The hard quarter is the same examples whatever the seed (the top scores); the random quarter is a seeded
+    draw from the lower three quarters, so another seed draws other examples."""
     raw = _raw(200)
-    base = make_splits(raw, _data(), 0)
-    pool = base.train_index
-    scores = {"index": pool, "margin": torch.arange(200, dtype=torch.float64)[pool]}
-    cfg = _data(coreset_keep=0.5, coreset_score="margin", coreset_proxy="proxy", coreset_random=0.25)
-    a, b = (make_splits(raw, cfg, s, scores, "runs/proxy") for s in (0, 0))
-    assert torch.equal(a.train_index, b.train_index)
-    # the random quarter comes from the easier half: the lowest-scoring kept example is below the hard quarter
-    kept_scores = scores["margin"][torch.searchsorted(pool, a.train_index)]
-    assert int((kept_scores >= scores["margin"].quantile(0.75)).sum()) >= round(0.25 * len(pool))
-    assert float(kept_scores.min()) < float(scores["margin"].quantile(0.5))
+    scores = {"index": torch.arange(200), "margin": torch.arange(200, dtype=torch.float64)}  # index i scores i
+    cfg = _data(val_fraction=0.0, coreset_keep=0.5, coreset_score="margin", coreset_proxy="proxy",
+                coreset_random=0.25)
+    a, b, c = (make_splits(raw, cfg, s, scores, "runs/proxy") for s in (0, 0, 1))
+    assert torch.equal(a.train_index, b.train_index) and not torch.equal(a.train_index, c.train_index)
+    for kept in (a.train_index, c.train_index):
+        assert len(kept) == 100
+        assert set(range(150, 200)) <= set(kept.tolist())  # the hardest quarter
+        assert int((kept < 150).sum()) == 50  # the random quarter, from below it
     assert "(25% of the pool of them drawn instead at random (seed 0) from the lower-scored rest)" in a.splits["train"]
 
 

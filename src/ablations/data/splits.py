@@ -295,9 +295,8 @@ def coreset_pool(pool: torch.Tensor, cfg: ImageDataConfig, seed: int, scores: Op
     those with the highest proxy score after the round(coreset_skip * len(pool)) highest (ties broken at random,
     seeded), of which round(coreset_random * len(pool)) are instead drawn at random (seeded) from the lower rest.
     `scores`: the proxy's scores.pt ({"index": train-split indices it scored, score name: values}); every pool
-    example must have a score. With coreset_per_class,
-    each class keeps round(coreset_keep * its count) of its own examples, chosen the same way (`labels`: the
-    train split's labels)."""
+    example must have a score. With coreset_per_class, each class keeps round(coreset_keep * its count) of its
+    own examples, chosen the same way (`labels`: the train split's labels)."""
     if cfg.coreset_per_class:
         if labels is None:
             raise ValueError("coreset_per_class needs the training labels")
@@ -410,8 +409,7 @@ def make_splits(raw: RawData, cfg: ImageDataConfig, seed: int, scores: Optional[
                else f"with the highest {cfg.coreset_score} score of the proxy run {cfg.coreset_proxy}")
         how += f" after the highest {_pct(cfg.coreset_skip)}" if cfg.coreset_skip else ""
         how += (f" ({_pct(cfg.coreset_random)} of the pool of them drawn instead at random (seed {seed}) from the "
-                "lower-scored rest)"
-                if cfg.coreset_random else "")
+                "lower-scored rest)") if cfg.coreset_random else ""
         how += ", that share of each class" if cfg.coreset_per_class else ""
         lim += f", a core-set: {n_kept} of those {n_limited} ({_pct(cfg.coreset_keep)}) {how}"
     lab = f", {labeled_how} labeled (seed {seed})" if labeled_how else ""
