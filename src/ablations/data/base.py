@@ -68,14 +68,11 @@ class ImageDataConfig(DataConfig):
         if self.coreset_keep < 1 and self.coreset_score != "random" and not self.coreset_proxy:
             raise FieldError("coreset_proxy", f"coreset_score={self.coreset_score} ranks by a proxy run's scores: "
                              "name the proxy variant (or use coreset_score=random)")
-        if self.coreset_skip > 0 and (self.coreset_keep >= 1 or self.coreset_score == "random"):
-            raise FieldError("coreset_skip", "leaves out the highest proxy scores of a core-set: it needs "
-                             f"coreset_keep < 1 and a proxy score, got coreset_keep={self.coreset_keep}, "
-                             f"coreset_score={self.coreset_score}")
-        if self.coreset_random > 0 and (self.coreset_keep >= 1 or self.coreset_score == "random"):
-            raise FieldError("coreset_random", "mixes random examples into a proxy-scored core-set: it needs "
-                             f"coreset_keep < 1 and a proxy score, got coreset_keep={self.coreset_keep}, "
-                             f"coreset_score={self.coreset_score}")
+        for key, what in (("coreset_skip", "leaves out the highest proxy scores of a core-set"),
+                          ("coreset_random", "mixes random examples into a proxy-scored core-set")):
+            if getattr(self, key) > 0 and (self.coreset_keep >= 1 or self.coreset_score == "random"):
+                raise FieldError(key, f"{what}: it needs coreset_keep < 1 and a proxy score, got coreset_keep="
+                                 f"{self.coreset_keep}, coreset_score={self.coreset_score}")
         if self.coreset_random >= self.coreset_keep:
             raise FieldError("coreset_random", f"must be below coreset_keep ({self.coreset_keep}), got "
                              f"{self.coreset_random} (an all-random core-set is coreset_score=random)")
